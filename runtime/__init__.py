@@ -1,0 +1,11 @@
+"""Run onnxcam graphs with ONNX Runtime and turn activations and gradients into CAMs (no torch)."""
+
+from .errors import OnnxcamError
+from .explainer import Explainer, Explanation, load_model
+from .metadata import CamMetadata, read_metadata
+from .methods import METHODS
+from .render import overlay
+from .version import __version__
+
+__all__ = ["METHODS", "CamMetadata", "Explainer", "Explanation", "OnnxcamError", "__version__", "load_model",
+           "overlay", "read_metadata"]

@@ -1,0 +1,189 @@
+"""The ``onnxcam`` command: explain, export, layers.
+
+Only ``export`` imports torch, and only when it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pathlib
+import sys
+from typing import Any
+
+import click
+import numpy as np
+from onnxcam.runtime.errors import OnnxcamError
+from onnxcam.runtime.version import __version__
+
+from .output import OutputWriter
+
+
+class Group(click.Group):
+    """Turns user errors (``OnnxcamError``) into one line on stderr and exit code 1, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OnnxcamError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; nothing was written") from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxcam")
+def main() -> None:
+    """Class activation maps from ONNX classifiers, computed with ONNX Runtime alone."""
+
+
+def _method_help() -> str:
+    from onnxcam.runtime.methods import METHODS
+
+    return "CAM method: " + ", ".join(sorted(METHODS)) + " (default cfcam)"
+
+
+@main.command()
+@click.argument("model", type=str)
+@click.argument("images", nargs=-1, required=True, type=str)
+@click.option("-o", "--output", "output", default="onnxcam-out", show_default=True, help="Folder for the results.")
+@click.option("--method", default="cfcam", show_default=True, help=_method_help())
+@click.option("--class", "class_spec", default=None, help="Class to explain: index or label name (default: predicted).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--layer", default=None, help="Target layer (tensor name, or the layer recorded at export).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per ORT run.")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
+@click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
+def explain(model: str, images: tuple[str, ...], output: str, method: str, class_spec: str | None, device: str,
+            layer: str | None, batch_size: int, alpha: float, colormap: str) -> None:
+    """Explain MODEL's decision on each IMAGE: writes <stem>.<method>.png (overlay), <stem>.<method>.npy (the
+    map, [H,W] float32 in [0,1]) and manifest.json into the output folder."""
+    from onnxcam.runtime import Explainer
+    from onnxcam.runtime.methods import get_method
+    from onnxcam.runtime.preprocess import load_image
+    from onnxcam.runtime.render import heatmap, overlay, upscale
+
+    get_method(method)
+    heatmap(np.zeros((1, 1), np.float32), colormap)  # validates the colormap before any work
+    for path in images:
+        load_image(path)  # every image is checked before the model is loaded
+    explainer = Explainer(model, providers=device, layer=layer)
+    class_index = None if class_spec is None else explainer.class_index_of(class_spec)
+    writer = OutputWriter(pathlib.Path(output))
+    records = []
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        result = explainer.explain(chunk, method=method, class_index=class_index)
+        for i, path in enumerate(chunk):
+            stem = writer.unique_stem(pathlib.Path(path).stem)
+            idx = int(result.class_index[i])
+            name = result.labels[i] if result.labels else str(idx)
+            prob = float(result.scores[i])
+            top = int(result.probabilities[i].argmax())
+            top_name = explainer.labels[top] if explainer.labels else str(top)
+            writer.add(f"{stem}.{method}.png",
+                       upscale(overlay(result.images[i], result.cams[i], alpha=alpha, colormap=colormap)))
+            writer.add(f"{stem}.{method}.npy", result.cams[i])
+            records.append({"image": path, "class_index": idx, "class_name": name, "probability": prob,
+                            "top_class_index": top, "top_class_name": top_name,
+                            "top_probability": float(result.probabilities[i, top]),
+                            "overlay": f"{stem}.{method}.png", "map": f"{stem}.{method}.npy"})
+            shown = f"explaining {name}" if idx != top else ""
+            click.echo(f"{path}: {top_name} ({result.probabilities[i, top]:.1%}) {shown}".rstrip())
+    manifest = {
+        "onnxcam_version": __version__,
+        "model": str(model),
+        "model_sha256": hashlib.sha256(pathlib.Path(model).read_bytes()).hexdigest(),
+        "providers": explainer.providers,
+        "layer": explainer.layer,
+        "method": method,
+        "options": {"alpha": alpha, "colormap": colormap},
+        "input_size": list(explainer.input_shape),
+        "images": records,
+    }
+    writer.add("manifest.json", manifest)
+    writer.commit()
+    click.echo(f"wrote {len(records)} overlays, maps and manifest.json to {writer.folder}")
+
+
+@main.command()
+@click.option("--torchvision", "tv_name", default=None, help="torchvision model name, e.g. resnet18.")
+@click.option("--module", "factory", default=None, help="A factory 'package.module:function' returning the model.")
+@click.option("--weights", type=str, default=None, help="State dict file (loaded with weights_only=True).")
+@click.option("--layer", required=True, help="Target layer: dotted module name, e.g. layer4 or features.14.")
+@click.option("--input-size", default=224, show_default=True, type=click.IntRange(8), help="Square input size.")
+@click.option("--labels", "labels_file", default=None, help="Text file with one class name per line.")
+@click.option("--opset", default=None, type=int, help="ONNX opset (default 17).")
+@click.option("-o", "--output", required=True, help="Path of the .onnx file to write.")
+def export(tv_name: str | None, factory: str | None, weights: str | None, layer: str, input_size: int,
+           labels_file: str | None, opset: int | None, output: str) -> None:
+    """Export a PyTorch classifier to an onnxcam graph (needs torch: pip install onnxcam[export])."""
+    if (tv_name is None) == (factory is None):
+        raise OnnxcamError("give exactly one of --torchvision NAME or --module package.module:function")
+    from onnxcam.exporter import export_torch
+    from onnxcam.exporter.torch_export import _require_torch
+
+    torch = _require_torch()
+    model = _torchvision_model(tv_name) if tv_name else _factory_model(factory)
+    if weights:
+        if not pathlib.Path(weights).is_file():
+            raise OnnxcamError(f"weights file '{weights}' does not exist; check the path")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise OnnxcamError(f"could not load '{weights}' as a state dict ({str(exc).splitlines()[0]})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise OnnxcamError(f"the weights do not fit the model: {str(exc).splitlines()[1].strip()}") from None
+    labels = None
+    if labels_file:
+        labels = [line.strip() for line in pathlib.Path(labels_file).read_text().splitlines() if line.strip()]
+    click.echo(f"exporting {tv_name or factory} at layer '{layer}', input 3x{input_size}x{input_size} ...")
+    path = export_torch(model, output, target_layer=layer, input_shape=(3, input_size, input_size),
+                        labels=labels, opset=opset)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); gradients checked against torch.autograd")
+
+
+def _torchvision_model(name: str) -> Any:
+    try:
+        import torchvision
+    except ImportError:
+        raise OnnxcamError("--torchvision needs torchvision; run `pip install onnxcam[export]`") from None
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise OnnxcamError(f"unknown torchvision classifier '{name}'; e.g. resnet18, mobilenet_v2, efficientnet_b0")
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _factory_model(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise OnnxcamError(f"--module must look like 'package.module:function', got '{spec}'")
+    sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise OnnxcamError(f"cannot load '{spec}': {exc}") from None
+    return factory()
+
+
+@main.command()
+@click.argument("model", type=str)
+def layers(model: str) -> None:
+    """List MODEL's candidate target layers (4-D feature maps that feed the logits); * marks the default."""
+    from onnxcam.exporter.layers import candidate_layers
+    from onnxcam.runtime.explainer import load_model
+    from onnxcam.runtime.metadata import read_metadata
+
+    proto = load_model(model)
+    meta = read_metadata(proto)
+    rows = candidate_layers(proto)
+    width = max(len(r.name) for r in rows)
+    click.echo(f"{'':2}{'tensor':<{width}}  {'op':<20} shape")
+    for r in rows:
+        mark = "*" if r.default else " "
+        shape = "x".join("N" if d is None else str(d) for d in r.shape)
+        note = f"  <- exported target ({', '.join(meta.target_layers)})" if r.target else ""
+        click.echo(f"{mark} {r.name:<{width}}  {r.op:<20} {shape}{note}")
+    click.echo("* default target layer (the last feature map before the head)")

@@ -1,0 +1,270 @@
+"""The ONNX → ONNX reverse-mode pass (DESIGN.md §4).
+
+Finds the nodes on paths from the target activations to the logits, seeds the logits with
+``OneHot(class_index)`` and walks those nodes in reverse topological order, emitting each op's
+vector-Jacobian product (``rules.RULES``) as new nodes, summing fan-out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
+from onnxcam.runtime.metadata import CamMetadata, read_metadata, write_metadata
+
+from .graph import GraphBuilder, TensorInfo, opset_of, set_ir_version
+from .rules import RULES, VJP
+
+#: Ops whose outputs carry no gradient (shapes, indices, comparisons).
+NON_DIFFERENTIABLE = {
+    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not",
+    "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range", "IsNaN", "IsInf", "Constant", "EyeLike",
+}
+TARGETS = ("logit", "probability")
+MIN_OPSET = 13
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def resolve_tensor(graph: onnx.GraphProto, name: str) -> str:
+    """Follow Identity nodes back to the tensor that really carries the layer's output."""
+    made_by = producers(graph)
+    while name in made_by and made_by[name].op_type == "Identity":
+        name = made_by[name].input[0]
+    return name
+
+
+def default_layer(model: onnx.ModelProto, logits: str | None = None) -> str:
+    """The last 4-D float tensor with spatial size > 1 on the path to the logits."""
+    graph = model.graph
+    info = TensorInfo(model)
+    logits = logits or graph.output[0].name
+    feeds_logits = ancestors(graph, logits)
+    best = None
+    for node in graph.node:
+        for out in node.output:
+            shape = info.shapes.get(out)
+            if (out in feeds_logits and info.is_float(out) and shape and len(shape) == 4
+                    and None not in shape[2:] and shape[2] * shape[3] > 1):
+                best = out
+    if best is None:
+        raise OnnxcamError("found no 4-D feature map with spatial size > 1 before the logits; "
+                           "name the target layer with --layer")
+    return best
+
+
+def ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
+    made_by = producers(graph)
+    seen, stack = set(), [name]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in made_by:
+            stack.extend(i for i in made_by[t].input if i)
+    return seen
+
+
+def _dependents(graph: onnx.GraphProto, info: TensorInfo, source: str) -> set[str]:
+    """Float tensors whose value depends on ``source`` through differentiable ops."""
+    dep = {source}
+    for node in graph.node:
+        if node.op_type in NON_DIFFERENTIABLE or not any(i in dep for i in node.input):
+            continue
+        for out in node.output:
+            if out and info.is_float(out) is not False:
+                dep.add(out)
+    return dep
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.name == old:
+            vi.name = new
+
+
+def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = opset_of(model)
+    if opset >= 16:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, 17)
+    except Exception as exc:  # noqa: BLE001
+        if opset < MIN_OPSET:
+            raise OnnxcamError(f"the model uses opset {opset} and could not be converted to opset 17 ({exc}); "
+                               "re-export it with opset >= 13") from None
+        return model
+
+
+def add_gradients(
+    model: onnx.ModelProto,
+    *,
+    activations: str | list[str] | None = None,
+    logits: str | None = None,
+    target: str = "logit",
+    layer_names: list[str] | None = None,
+) -> onnx.ModelProto:
+    """Return ``model`` rewritten to the onnxcam contract (DESIGN.md §3).
+
+    Inputs ``input`` (float32 ``[N,3,H,W]``) and ``class_index`` (int64 ``[N]``, −1 = argmax);
+    outputs ``logits``, ``activations`` and ``gradients`` = ∂ score / ∂ activations, where score is the
+    logit of the class (``target="logit"``) or its softmax probability (``target="probability"``).
+    ``activations`` names the target tensor(s) (default: :func:`default_layer`); with several, the outputs
+    are ``activations_i`` / ``gradients_i``. ``layer_names`` are the user-facing names stored in metadata.
+    """
+    if target not in TARGETS:
+        raise OnnxcamError(f"unknown gradient target '{target}'; use one of {', '.join(TARGETS)}")
+    model = _ensure_opset(strip_gradients(model))
+    graph = model.graph
+    init_names = {i.name for i in graph.initializer}
+    data_inputs = [i for i in graph.input if i.name not in init_names]
+    if len(data_inputs) != 1:
+        raise OnnxcamError(f"expected a classifier with one image input, found {len(data_inputs)} inputs "
+                           f"({', '.join(i.name for i in data_inputs)})")
+    logits = logits or graph.output[0].name
+    if logits not in {o.name for o in graph.output} and logits not in producers(graph):
+        raise OnnxcamError(f"tensor '{logits}' (logits) is not in the model")
+    if activations is None:
+        requested = [default_layer(model, logits)]
+    else:
+        requested = [activations] if isinstance(activations, str) else list(activations)
+    known = producers(graph).keys() | {i.name for i in graph.input}
+    for name in requested:
+        if name not in known:
+            raise OnnxcamError(f"unknown layer '{name}'; run `onnxcam layers MODEL` to list the candidates")
+    targets = [resolve_tensor(graph, name) for name in requested]
+
+    _rename(graph, data_inputs[0].name, "input")
+    if logits == data_inputs[0].name:
+        raise OnnxcamError("the logits tensor is the model input")
+    targets = ["input" if t == data_inputs[0].name else t for t in targets]
+    info = TensorInfo(model)
+    info.probe(model, [logits, *targets])
+    logits_shape = info.shape(logits)
+    if len(logits_shape) != 2 or logits_shape[1] is None:
+        raise OnnxcamError(f"expected logits of shape [N, classes], got {list(logits_shape)} for '{logits}'")
+    num_classes = logits_shape[1]
+
+    b = GraphBuilder()
+    class_index = "class_index"
+    predicted = b.op("ArgMax", logits, axis=1, keepdims=0)
+    chosen = b.op("Where", b.op("Less", class_index, b.const(0, np.int64)), predicted, class_index)
+    onehot = b.op("OneHot", chosen, b.const([num_classes], np.int64), b.const([0.0, 1.0]), axis=-1)
+    seed = onehot
+    if target == "probability":
+        p = b.op("Softmax", logits, axis=1)
+        pc = b.op("ReduceSum", b.op("Mul", p, onehot), b.ints([1]), keepdims=1)
+        seed = b.op("Mul", pc, b.op("Sub", onehot, p))
+
+    outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])]
+    extra_nodes = [helper.make_node("Identity", [logits], ["logits"], name="onnxcam/logits")]
+    if logits == "logits":  # already named: keep it, drop the Identity
+        extra_nodes = []
+    suffix = len(targets) > 1
+    for i, t in enumerate(targets):
+        grad = _backward(model, info, b, t, logits, seed)
+        shape = ["N", *info.shape(t)[1:]]
+        names = (f"activations_{i}", f"gradients_{i}") if suffix else ("activations", "gradients")
+        extra_nodes.append(helper.make_node("Identity", [t], [names[0]], name=f"onnxcam/{names[0]}"))
+        extra_nodes.append(helper.make_node("Identity", [grad], [names[1]], name=f"onnxcam/{names[1]}"))
+        outputs += [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shape) for n in names]
+
+    graph.node.extend(b.nodes + extra_nodes)
+    graph.initializer.extend(b.initializers)
+    graph.input.append(helper.make_tensor_value_info(class_index, onnx.TensorProto.INT64, ["N"]))
+    _set_batch_dim(graph.input[0])
+    del graph.output[:]
+    graph.output.extend(outputs)
+    del graph.value_info[:]
+    set_ir_version(model)
+
+    meta = read_metadata(model)
+    meta.target_tensors = targets
+    meta.target_layers = layer_names or requested
+    meta.target = target
+    meta.input_size = meta.input_size or [d for d in info.shape("input")[1:]]
+    meta.provenance.setdefault("source_framework", model.producer_name or "onnx")
+    meta.provenance["opset"] = opset_of(model)
+    meta.provenance["gradient_pass"] = "onnxcam"
+    meta.provenance["logits_tensor"] = logits
+    write_metadata(model, meta)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:  # a bug in a rule, not a user error
+        raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc
+    return model
+
+
+def _set_batch_dim(vi: onnx.ValueInfoProto) -> None:
+    dims = vi.type.tensor_type.shape.dim
+    if dims and not dims[0].HasField("dim_value"):
+        dims[0].dim_param = "N"
+
+
+def _backward(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, source: str, logits: str,
+              seed: str) -> str:
+    """Emit the reverse pass from ``logits`` (seeded with ``seed``) to ``source``; return ∂/∂source."""
+    graph = model.graph
+    dep = _dependents(graph, info, source)
+    if logits not in dep:
+        raise OnnxcamError(f"layer '{source}' does not reach the logits; pick a layer before the classifier head")
+    on_path = dep & ancestors(graph, logits)
+    nodes = [n for n in graph.node if any(o in on_path for o in n.output)]
+    info.probe(model, [t for n in nodes for t in [*n.input, *n.output] if t])
+    missing = sorted({n.op_type for n in nodes} - RULES.keys())
+    if missing:
+        first = next(n for n in nodes if n.op_type == missing[0])
+        others = f" (also: {', '.join(missing[1:])})" if missing[1:] else ""
+        raise UnsupportedOpError(f"no gradient rule for op {missing[0]} (node '{first.name}'){others}; pick a target "
+                                 "layer after it or add a rule in exporter/rules.py")
+    grads: dict[str, list[str]] = defaultdict(list)
+    grads[logits].append(seed)
+    opset = opset_of(model)
+    for node in reversed(nodes):
+        out_grads = [b.sum(grads[o]) if grads.get(o) else None for o in node.output]
+        if all(g is None for g in out_grads):
+            continue
+        needs = [bool(i) and i in on_path for i in node.input]
+        result = RULES[node.op_type](VJP(node, out_grads, needs, b, info, opset))
+        for name, need, g in zip(node.input, needs, result):
+            if need and g is not None:
+                grads[name].append(g)
+    if not grads.get(source):
+        raise OnnxcamError(f"no gradient reaches layer '{source}'")
+    return b.sum(grads[source])
+
+
+def strip_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without a previous gradient pass: the plain classifier, ready to re-target."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    if not any(n.name.startswith("onnxcam/") for n in g.node):
+        return out
+    meta: CamMetadata = read_metadata(out)
+    kept = [n for n in g.node if not n.name.startswith("onnxcam/")]
+    del g.node[:]
+    g.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    inits = [i for i in g.initializer if not i.name.startswith("onnxcam/") or i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    inputs = [i for i in g.input if i.name != "class_index"]
+    del g.input[:]
+    g.input.extend(inputs)
+    source = meta.provenance.get("logits_tensor")
+    logits_vi = helper.make_tensor_value_info(source or "logits", onnx.TensorProto.FLOAT, None)
+    del g.output[:]
+    g.output.append(logits_vi)
+    return out

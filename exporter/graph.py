@@ -1,0 +1,159 @@
+"""Small helpers over an ONNX graph: emitting nodes, constants, tensor shapes and types."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnxcam.runtime.errors import OnnxcamError
+
+#: A static shape with ``None`` for a dynamic (batch) dimension.
+Shape = tuple[int | None, ...]
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+#: IR version ONNX Runtime 1.17+ accepts for every opset onnxcam writes (onnx 1.23 writes 14 by default).
+MAX_IR_VERSION = 10
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    """The node's attributes as Python values (bytes decoded to str)."""
+    out = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise OnnxcamError("the model imports no default ONNX opset; is it an ONNX classifier?")
+
+
+def set_ir_version(model: onnx.ModelProto) -> None:
+    """Lower the IR version to one ONNX Runtime accepts, never below what the opsets need."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(needed, min(model.ir_version, MAX_IR_VERSION))
+
+
+class TensorInfo:
+    """Element types, shapes and constant values of a model's tensors."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # noqa: BLE001 - shape inference is best effort; probing fills the gaps
+            inferred = model
+        g = inferred.graph
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, Shape | None] = {}
+        for vi in itertools.chain(g.input, g.value_info, g.output):
+            t = vi.type.tensor_type
+            self.types[vi.name] = t.elem_type
+            if t.HasField("shape"):
+                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            else:
+                self.shapes[vi.name] = None
+        self.constants: dict[str, np.ndarray] = {}
+        for init in model.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            self.constants[init.name] = arr
+            self.types[init.name] = init.data_type
+            self.shapes[init.name] = tuple(arr.shape)
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                arr = numpy_helper.to_array(node.attribute[0].t)
+                self.constants[node.output[0]] = arr
+                self.types[node.output[0]] = node.attribute[0].t.data_type
+                self.shapes[node.output[0]] = tuple(arr.shape)
+
+    def shape(self, name: str) -> Shape:
+        """Static shape of ``name`` (``None`` for the batch dimension); error when unknown."""
+        s = self.shapes.get(name)
+        if s is None:
+            raise OnnxcamError(f"the shape of tensor '{name}' is unknown; export the model with static "
+                               "spatial sizes (only the batch may be dynamic)")
+        return s
+
+    def is_float(self, name: str) -> bool | None:
+        """Whether ``name`` holds floating-point values (``None`` when the type is unknown)."""
+        t = self.types.get(name)
+        return None if not t else t in FLOAT_TYPES
+
+    def probe(self, model: onnx.ModelProto, names: Iterable[str]) -> None:
+        """Learn missing shapes by running ONNX Runtime at batch sizes 1 and 2; dims that change are batch."""
+        missing = [n for n in dict.fromkeys(names) if self.shapes.get(n) is None or self.types.get(n) is None]
+        if not missing:
+            return
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        known = {o.name for o in probe.graph.output}
+        for n in missing:
+            if n not in known:
+                probe.graph.output.append(helper.make_empty_tensor_value_info(n))
+        set_ir_version(probe)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds_by_batch = []
+        for batch in (1, 2):
+            feeds = {}
+            for inp in sess.get_inputs():
+                dims = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(inp.shape)]
+                if any(not isinstance(d, int) for d in dims):
+                    raise OnnxcamError(f"input '{inp.name}' has dynamic non-batch dimensions {inp.shape}; "
+                                       "export the classifier with a fixed image size")
+                feeds[inp.name] = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+            feeds_by_batch.append(feeds)
+        r1, r2 = (dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in feeds_by_batch)
+        for n in missing:
+            a, b = np.asarray(r1[n]), np.asarray(r2[n])
+            self.shapes[n] = tuple(None if x != y else x for x, y in zip(a.shape, b.shape))
+            self.types[n] = helper.np_dtype_to_tensor_dtype(a.dtype)
+
+
+class GraphBuilder:
+    """Collects new nodes and initializers; every name it makes starts with ``prefix``."""
+
+    def __init__(self, prefix: str = "onnxcam/grad") -> None:
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = itertools.count()
+        self._consts: dict[tuple, str] = {}
+
+    def name(self, hint: str) -> str:
+        """A fresh tensor or node name."""
+        return f"{self.prefix}/{hint}_{next(self._count)}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
+        """Emit ``op_type(inputs, **attrs)``; returns the output name (a list when ``outputs > 1``)."""
+        node_name = self.name(op_type)
+        outs = [f"{node_name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, value: float | Sequence | np.ndarray, dtype: type = np.float32) -> str:
+        """A constant tensor (an initializer), shared between identical values."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = self.name("const")
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values: Sequence[int]) -> str:
+        """A 1-D int64 constant (shapes, axes, starts, ends)."""
+        return self.const(list(values), np.int64)
+
+    def sum(self, names: Sequence[str]) -> str:
+        """Σ names (fan-out accumulation)."""
+        return names[0] if len(names) == 1 else self.op("Sum", *names)

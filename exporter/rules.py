@@ -1,0 +1,371 @@
+"""The gradient rules: one vector-Jacobian product per ONNX op type, registered in ``RULES``.
+
+A rule receives a :class:`VJP` (the node, its output gradients, a builder for new nodes and the tensor
+shapes) and returns one gradient tensor name per node input (``None`` where no gradient is needed).
+Adding an op means adding one function here with ``@rule("OpType")`` and one test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnxcam.runtime.errors import UnsupportedOpError
+
+from .graph import GraphBuilder, Shape, TensorInfo, attributes
+
+Grads = list[str | None]
+
+
+@dataclass
+class VJP:
+    """Everything a rule needs: ``g`` is the gradient of output 0, ``needs[i]`` whether input i wants one."""
+
+    node: onnx.NodeProto
+    grads: Grads
+    needs: list[bool]
+    b: GraphBuilder
+    info: TensorInfo
+    opset: int
+
+    @property
+    def x(self) -> str:
+        return self.node.input[0]
+
+    @property
+    def y(self) -> str:
+        return self.node.output[0]
+
+    @property
+    def g(self) -> str:
+        return self.grads[0]
+
+    @property
+    def attrs(self) -> dict:
+        return attributes(self.node)
+
+    def shape(self, name: str) -> Shape:
+        return self.info.shape(name)
+
+    def fail(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"cannot differentiate {self.node.op_type} node '{self.node.name}': {why}")
+
+    def only_first_input(self) -> None:
+        """Rules for ops whose other inputs are weights: refuse if a weight depends on the target layer."""
+        if any(self.needs[1:]):
+            raise self.fail("a weight input depends on the target layer; pick a layer after it")
+
+    # small graph-building conveniences used by many rules
+    def zero(self) -> str:
+        return self.b.const(0.0)
+
+    def mask(self, cond: str, grad: str) -> str:
+        """``Where(cond, grad, 0)``."""
+        return self.b.op("Where", cond, grad, self.zero())
+
+    def like(self, grad: str, ref: str) -> str:
+        """``Reshape(grad, Shape(ref))``."""
+        return self.b.op("Reshape", grad, self.b.op("Shape", ref))
+
+    def unbroadcast(self, grad: str, operand: str) -> str:
+        """Sum ``grad`` (shaped like the node's output) over the axes ``operand`` was broadcast along."""
+        out, src = self.shape(self.y), self.shape(operand)
+        if out == src:
+            return grad
+        lead = len(out) - len(src)
+        axes = [i for i in range(len(out)) if i < lead or (src[i - lead] == 1 and out[i] != 1)]
+        if axes:
+            grad = self.b.op("ReduceSum", grad, self.b.ints(axes), keepdims=1)
+        return self.like(grad, operand)
+
+
+RULES: dict[str, Callable[[VJP], Grads]] = {}
+
+
+def rule(*op_types: str) -> Callable:
+    """Register a VJP function for ``op_types``."""
+
+    def register(fn: Callable[[VJP], Grads]) -> Callable[[VJP], Grads]:
+        for op in op_types:
+            RULES[op] = fn
+        return fn
+
+    return register
+
+
+def _spatial(v: VJP) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
+    """(input, output, kernel, strides, dilations, pads) of a Conv/pool node, with auto_pad resolved."""
+    a = v.attrs
+    xs, ys = list(v.shape(v.x)[2:]), list(v.shape(v.y)[2:])
+    if None in xs or None in ys:
+        raise v.fail("the spatial size is dynamic; export with a fixed input size")
+    nd = len(xs)
+    k = list(a.get("kernel_shape") or v.shape(v.node.input[1])[2:])
+    s, d = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+    pads = list(a.get("pads", [0] * 2 * nd))
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max((o - 1) * st + (kk - 1) * dd + 1 - i, 0) for i, o, kk, st, dd in zip(xs, ys, k, s, d)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        pads = small + big if auto == "SAME_UPPER" else big + small
+    elif auto == "VALID":
+        pads = [0] * 2 * nd
+    return xs, ys, k, s, d, pads
+
+
+def _transpose_back(v: VJP, grad: str, channels: int, k, s, d, pads, xs, ys, weight: str) -> str:
+    """ConvTranspose undoing a Conv/pool's spatial map, output padded back to the input size."""
+    nd = len(xs)
+    out_pad = [xs[i] - ((ys[i] - 1) * s[i] - pads[i] - pads[i + nd] + (k[i] - 1) * d[i] + 1) for i in range(nd)]
+    return v.b.op("ConvTranspose", grad, weight, group=channels, kernel_shape=k, strides=s, dilations=d,
+                  pads=pads, output_padding=out_pad)
+
+
+@rule("Conv")
+def conv(v: VJP) -> Grads:
+    """dx = ConvTranspose(g, W) with the Conv's group/strides/pads/dilations and the output padding."""
+    v.only_first_input()
+    xs, ys, k, s, d, pads = _spatial(v)
+    return [_transpose_back(v, v.g, v.attrs.get("group", 1), k, s, d, pads, xs, ys, v.node.input[1])]
+
+
+@rule("AveragePool")
+def average_pool(v: VJP) -> Grads:
+    """dx = depthwise ConvTranspose(g / divisor, ones): divisor per output position (count_include_pad)."""
+    xs, ys, k, s, d, pads = _spatial(v)
+    if any(dd != 1 for dd in d):
+        raise v.fail("dilated AveragePool is not supported")
+    nd, channels = len(xs), v.shape(v.x)[1]
+    include_pad = v.attrs.get("count_include_pad", 0)
+    divisor = np.ones((), np.float32)
+    for i in range(nd):  # per-axis window lengths; the divisor is their outer product
+        start = np.arange(ys[i]) * s[i] - pads[i]
+        lo, hi = (-pads[i], xs[i] + pads[i + nd]) if include_pad else (0, xs[i])
+        length = np.minimum(start + k[i], hi) - np.maximum(start, lo)
+        divisor = np.multiply.outer(divisor, length.astype(np.float32))
+    scaled = v.b.op("Div", v.g, v.b.const(divisor))
+    ones = v.b.const(np.ones([channels, 1, *k], np.float32))
+    return [_transpose_back(v, scaled, channels, k, s, [1] * nd, pads, xs, ys, ones)]
+
+
+@rule("MaxPool")
+def max_pool(v: VJP) -> Grads:
+    """dx = ScatterElements(0, Indices, g, reduction=add) over the flattened input (Indices recomputed)."""
+    if v.opset < 16:
+        raise v.fail("needs opset >= 16 (ScatterElements with reduction=add); re-export with opset 17")
+    b = v.b
+    _, idx = b.op("MaxPool", v.x, outputs=2, **{k: a for k, a in v.attrs.items() if k != "storage_order"})
+    flat = b.ints([-1])
+    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", v.x), flat),
+                 value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+    scattered = b.op("ScatterElements", zeros, b.op("Reshape", idx, flat), b.op("Reshape", v.g, flat),
+                     axis=0, reduction="add")
+    return [v.like(scattered, v.x)]
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(v: VJP) -> Grads:
+    """dx = Expand(g / (h·w), shape(x))."""
+    count = math.prod(v.shape(v.x)[2:])
+    return [v.b.op("Expand", v.b.op("Div", v.g, v.b.const(float(count))), v.b.op("Shape", v.x))]
+
+
+def _reduce_axes(v: VJP, attr_until: int) -> list[int]:
+    """Axes of a Reduce* node (attribute before opset ``attr_until``, input from then on), made positive."""
+    rank = len(v.shape(v.x))
+    if v.opset < attr_until:
+        axes = v.attrs.get("axes")
+    elif len(v.node.input) > 1 and v.node.input[1]:
+        axes = v.info.constants.get(v.node.input[1])
+        if axes is None:
+            raise v.fail("the reduction axes are computed at run time")
+        axes = axes.tolist()
+    else:
+        axes = None
+    if not axes:
+        if v.attrs.get("noop_with_empty_axes", 0):
+            return []
+        axes = list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+def _reduce_back(v: VJP, axes: list[int], divide: bool) -> str:
+    b, grad = v.b, v.g
+    if not axes:
+        return grad
+    if not v.attrs.get("keepdims", 1):
+        grad = b.op("Unsqueeze", grad, b.ints(axes))
+    if divide:
+        shape = v.shape(v.x)
+        grad = b.op("Div", grad, b.const(float(math.prod(shape[a] for a in axes))))
+    return b.op("Expand", grad, b.op("Shape", v.x))
+
+
+@rule("ReduceMean")
+def reduce_mean(v: VJP) -> Grads:
+    """dx = Expand(g / count, shape(x)) (g unsqueezed first when keepdims = 0)."""
+    return [_reduce_back(v, _reduce_axes(v, 18), divide=True)]
+
+
+@rule("ReduceSum")
+def reduce_sum(v: VJP) -> Grads:
+    """dx = Expand(g, shape(x))."""
+    return [_reduce_back(v, _reduce_axes(v, 13), divide=False)]
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(v: VJP) -> Grads:
+    """dx = Reshape(g, shape(x))."""
+    return [v.like(v.g, v.x)] + [None] * (len(v.node.input) - 1)
+
+
+@rule("Identity", "Dropout")
+def identity(v: VJP) -> Grads:
+    """dx = g."""
+    return [v.g] + [None] * (len(v.node.input) - 1)
+
+
+@rule("Cast")
+def cast(v: VJP) -> Grads:
+    """dx = Cast(g, type(x))."""
+    return [v.b.op("Cast", v.g, to=v.info.types.get(v.x, onnx.TensorProto.FLOAT))]
+
+
+@rule("Relu")
+def relu(v: VJP) -> Grads:
+    """dx = g · [x > 0]."""
+    return [v.mask(v.b.op("Greater", v.x, v.zero()), v.g)]
+
+
+@rule("Clip")
+def clip(v: VJP) -> Grads:
+    """dx = g · [min < x < max] (torch's convention at the edges)."""
+    b, a, ins = v.b, v.attrs, list(v.node.input) + ["", ""]
+    lo = ins[1] or (b.const(a["min"]) if "min" in a else None)
+    hi = ins[2] or (b.const(a["max"]) if "max" in a else None)
+    conds = ([b.op("Greater", v.x, lo)] if lo else []) + ([b.op("Less", v.x, hi)] if hi else [])
+    if not conds:
+        return [v.g]
+    cond = conds[0] if len(conds) == 1 else b.op("And", *conds)
+    return [v.mask(cond, v.g)] + [None] * (len(v.node.input) - 1)
+
+
+@rule("Sigmoid")
+def sigmoid(v: VJP) -> Grads:
+    """dx = g · y · (1 − y)."""
+    b = v.b
+    return [b.op("Mul", v.g, b.op("Mul", v.y, b.op("Sub", b.const(1.0), v.y)))]
+
+
+@rule("HardSigmoid")
+def hard_sigmoid(v: VJP) -> Grads:
+    """dx = g · α · [0 < αx + β < 1]."""
+    b, a = v.b, v.attrs
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    z = b.op("Add", b.op("Mul", v.x, b.const(alpha)), b.const(beta))
+    inside = b.op("And", b.op("Greater", z, v.zero()), b.op("Less", z, b.const(1.0)))
+    return [v.mask(inside, b.op("Mul", v.g, b.const(alpha)))]
+
+
+@rule("HardSwish")
+def hard_swish(v: VJP) -> Grads:
+    """dx = g · (0 if x < −3; x/3 + 1/2 if x ≤ 3; 1 otherwise) — torch's hardswish_backward."""
+    b, x = v.b, v.x
+    middle = b.op("Mul", v.g, b.op("Add", b.op("Div", x, b.const(3.0)), b.const(0.5)))
+    upper = b.op("Where", b.op("LessOrEqual", x, b.const(3.0)), middle, v.g)
+    return [b.op("Where", b.op("Less", x, b.const(-3.0)), v.zero(), upper)]
+
+
+@rule("BatchNormalization")
+def batch_norm(v: VJP) -> Grads:
+    """dx = g · scale / sqrt(var + ε) (inference mode), broadcast over channels."""
+    if any(v.needs[1:]) or v.attrs.get("training_mode", 0):
+        raise v.fail("only inference-mode BatchNormalization with constant statistics is supported")
+    b, (_, scale, _, _, var) = v.b, v.node.input
+    factor = b.op("Div", scale, b.op("Sqrt", b.op("Add", var, b.const(v.attrs.get("epsilon", 1e-5)))))
+    factor = b.op("Reshape", factor, b.ints([-1] + [1] * (len(v.shape(v.x)) - 2)))
+    return [b.op("Mul", v.g, factor), None, None, None, None]
+
+
+@rule("Add")
+def add(v: VJP) -> Grads:
+    """da = unbroadcast(g), db = unbroadcast(g)."""
+    a, c = v.node.input
+    return [v.unbroadcast(v.g, a) if v.needs[0] else None, v.unbroadcast(v.g, c) if v.needs[1] else None]
+
+
+@rule("Sub")
+def sub(v: VJP) -> Grads:
+    """da = unbroadcast(g), db = unbroadcast(−g)."""
+    a, c = v.node.input
+    return [v.unbroadcast(v.g, a) if v.needs[0] else None,
+            v.unbroadcast(v.b.op("Neg", v.g), c) if v.needs[1] else None]
+
+
+@rule("Mul")
+def mul(v: VJP) -> Grads:
+    """da = unbroadcast(g · b), db = unbroadcast(g · a)."""
+    a, c = v.node.input
+    return [v.unbroadcast(v.b.op("Mul", v.g, c), a) if v.needs[0] else None,
+            v.unbroadcast(v.b.op("Mul", v.g, a), c) if v.needs[1] else None]
+
+
+@rule("Div")
+def div(v: VJP) -> Grads:
+    """da = unbroadcast(g / b), db = unbroadcast(−g · y / b)."""
+    b, (a, c) = v.b, v.node.input
+    return [v.unbroadcast(b.op("Div", v.g, c), a) if v.needs[0] else None,
+            v.unbroadcast(b.op("Neg", b.op("Div", b.op("Mul", v.g, v.y), c)), c) if v.needs[1] else None]
+
+
+@rule("Gemm")
+def gemm(v: VJP) -> Grads:
+    """Y = α·A'·B' + β·C: dA' = α·g·B'ᵀ, dB' = α·A'ᵀ·g, dC = unbroadcast(β·g)."""
+    b, a = v.b, v.attrs
+    alpha, beta, ta, tb = a.get("alpha", 1.0), a.get("beta", 1.0), a.get("transA", 0), a.get("transB", 0)
+    ins = list(v.node.input)
+    grads: Grads = [None] * len(ins)
+    if v.needs[0]:
+        da = b.op("Gemm", v.g, ins[1], alpha=alpha, transB=1 - tb)
+        grads[0] = b.op("Transpose", da) if ta else da
+    if v.needs[1]:
+        db = b.op("Gemm", ins[0], v.g, alpha=alpha, transA=1 - ta)
+        grads[1] = b.op("Transpose", db) if tb else db
+    if len(ins) > 2 and v.needs[2]:
+        grads[2] = v.unbroadcast(b.op("Mul", v.g, b.const(beta)), ins[2])
+    return grads
+
+
+@rule("MatMul")
+def matmul(v: VJP) -> Grads:
+    """dA = unbroadcast(g·Bᵀ), dB = unbroadcast(Aᵀ·g) (transposing the last two axes)."""
+    b, (a, c) = v.b, v.node.input
+    ranks = len(v.shape(a)), len(v.shape(c))
+    if min(ranks) < 2:
+        raise v.fail("MatMul with a 1-D operand is not supported")
+
+    def t(name: str, rank: int) -> str:
+        return b.op("Transpose", name, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+    return [v.unbroadcast(b.op("MatMul", v.g, t(c, ranks[1])), a) if v.needs[0] else None,
+            v.unbroadcast(b.op("MatMul", t(a, ranks[0]), v.g), c) if v.needs[1] else None]
+
+
+@rule("Concat")
+def concat(v: VJP) -> Grads:
+    """d input_i = Slice(g) over that input's range of the concatenation axis."""
+    b, rank = v.b, len(v.shape(v.y))
+    axis = v.attrs["axis"] % rank
+    grads: Grads = []
+    start = 0
+    for name, need in zip(v.node.input, v.needs):
+        size = v.shape(name)[axis]
+        if size is None:
+            raise v.fail("concatenation along a dynamic axis")
+        grads.append(b.op("Slice", v.g, b.ints([start]), b.ints([start + size]), b.ints([axis])) if need else None)
+        start += size
+    return grads

@@ -1,0 +1,183 @@
+"""PyTorch front door: export a classifier, add the gradient pass, check it against torch autograd.
+
+torch is imported inside the functions only, so ``onnxcam.exporter`` loads where torch is absent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import tempfile
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxcam.runtime.errors import OnnxcamError
+from onnxcam.runtime.metadata import IMAGENET_PREPROCESSING, CamMetadata, write_metadata
+from onnxcam.runtime.version import __version__
+
+from .gradient_pass import add_gradients
+
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+def _require_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise OnnxcamError("exporting from PyTorch needs torch; run `pip install onnxcam[export]`") from None
+    return torch
+
+
+def _layer(model: Any, name: str) -> Any:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        tops = ", ".join(n for n, _ in model.named_children())
+        raise OnnxcamError(f"unknown layer '{name}' in {type(model).__name__}; use a dotted module name such as "
+                           f"one of: {tops}") from None
+
+
+def _capturing(model: Any, layer_name: str) -> Any:
+    """A module returning ``(logits, layer output)``; the hook hands downstream a clone (in-place safe)."""
+    torch = _require_torch()
+    layer = _layer(model, layer_name)
+
+    class Capture(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Any) -> Any:
+            store = {}
+
+            def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+                if not isinstance(output, torch.Tensor):
+                    raise OnnxcamError(f"layer '{layer_name}' returns {type(output).__name__}, not a tensor")
+                store["act"] = output
+                return output.clone()
+
+            handle = layer.register_forward_hook(hook)
+            try:
+                logits = self.model(x)
+            finally:
+                handle.remove()
+            if "act" not in store:
+                raise OnnxcamError(f"layer '{layer_name}' is not called in the model's forward pass")
+            return logits, store["act"]
+
+    return Capture().eval()
+
+
+def torch_gradients(model: Any, layer_name: str, x: np.ndarray, class_index: np.ndarray | None = None,
+                    target: str = "logit", dtype: Any = None) -> dict[str, np.ndarray]:
+    """Reference: logits, activations and ∂score/∂activations from ``torch.autograd.grad``.
+
+    ``class_index`` −1 (or None) picks the predicted class, as in the exported graph.
+    """
+    torch = _require_torch()
+    dtype = dtype or torch.float32
+    wrapped = _capturing(model, layer_name).to(dtype)
+    xt = torch.as_tensor(x, dtype=dtype)
+    with torch.enable_grad():
+        logits, act = wrapped(xt)
+        ci = torch.as_tensor(np.full(len(x), -1) if class_index is None else class_index, dtype=torch.long)
+        ci = torch.where(ci < 0, logits.argmax(1), ci)
+        scores = torch.softmax(logits, 1) if target == "probability" else logits
+        score = scores.gather(1, ci[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, act)
+    model.float()
+    return {"logits": logits.detach().double().numpy(), "activations": act.detach().double().numpy(),
+            "gradients": grad.detach().double().numpy()}
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual − expected| / max |expected|."""
+    scale = float(np.abs(expected).max())
+    return float(np.abs(np.asarray(actual, np.float64) - expected).max() / (scale if scale > 0 else 1.0))
+
+
+def check_parity(model: Any, onnx_model: onnx.ModelProto, layer_name: str, inputs: list[np.ndarray],
+                 target: str = "logit") -> float:
+    """Largest relative error of ORT (BASIC optimisation) against torch autograd over ``inputs``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for x in inputs:
+        ci = np.full(len(x), -1, np.int64)
+        got = dict(zip(["logits", "activations", "gradients"],
+                       sess.run(["logits", "activations", "gradients"], {"input": x, "class_index": ci})))
+        ref = torch_gradients(model, layer_name, x, ci, target)
+        worst = max(worst, *(relative_error(got[k], ref[k]) for k in got))
+    return worst
+
+
+def export_torch(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    target_layer: str,
+    input_shape: tuple[int, int, int] = (3, 224, 224),
+    preprocessing: dict | None = None,
+    labels: list[str] | None = None,
+    opset: int | None = None,
+    target: str = "logit",
+) -> pathlib.Path:
+    """Export ``model`` to ``path`` as an onnxcam graph (DESIGN.md §3) with gradients at ``target_layer``.
+
+    Exports on CPU with a dynamic batch axis (torch's TorchScript exporter), runs :func:`add_gradients`,
+    writes metadata, then checks ORT against ``torch.autograd.grad`` on two random inputs; above a
+    relative error of 1e-4 it raises and writes nothing. Returns the path of the single self-contained file.
+    """
+    torch = _require_torch()
+    path = pathlib.Path(path)
+    if labels is not None and len(labels) == 0:
+        labels = None
+    model = model.eval().cpu()
+    wrapped = _capturing(model, target_layer)
+    dummy = torch.zeros(1, *input_shape)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped, (dummy,), buffer, dynamo=False, opset_version=opset or DEFAULT_OPSET,
+            input_names=["input"], output_names=["logits", "onnxcam_target"], do_constant_folding=True,
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}, "onnxcam_target": {0: "N"}},
+        )
+    exported = onnx.load_from_string(buffer.getvalue())
+    exported.producer_name = "pytorch"
+    exported.producer_version = torch.__version__
+    write_metadata(exported, CamMetadata(
+        input_size=list(input_shape),
+        preprocessing=dict(preprocessing or IMAGENET_PREPROCESSING),
+        labels=list(labels) if labels is not None else None,
+        provenance={"exporter": f"onnxcam {__version__}", "source_framework": f"pytorch {torch.__version__}",
+                    "model_class": type(model).__name__},
+    ))
+    result = add_gradients(exported, activations="onnxcam_target", logits="logits", target=target,
+                           layer_names=[target_layer])
+    num_classes = result.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    if labels is not None and len(labels) != num_classes:
+        raise OnnxcamError(f"{len(labels)} labels given for a model with {num_classes} classes")
+    rng = np.random.default_rng(0)
+    probes = [rng.standard_normal((2, *input_shape)).astype(np.float32) for _ in range(2)]
+    error = check_parity(model, result, target_layer, probes, target)
+    if error > PARITY_TOLERANCE:
+        raise OnnxcamError(f"gradient check failed: ONNX Runtime differs from torch.autograd by a relative error "
+                           f"of {error:.2e} (> {PARITY_TOLERANCE:g}); nothing was written")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(result.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,186 @@
+"""``Explainer``: an onnxcam graph on ONNX Runtime, from images to class activation maps."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import OnnxcamError
+from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_metadata
+from .methods import check_options, finalise, get_method
+from .preprocess import as_rgb, load_image, model_view, normalise
+from .session import create_session
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+ImageInput = str | os.PathLike | np.ndarray
+
+
+@dataclass
+class Explanation:
+    """CAMs for a batch: ``cams`` ``[N,H,W]`` float32 in [0,1] at the model's input resolution."""
+
+    cams: np.ndarray
+    class_index: np.ndarray
+    logits: np.ndarray
+    probabilities: np.ndarray
+    method: str
+    providers: list[str]
+    labels: list[str] | None = None
+    images: np.ndarray | None = None  # ``[N,H,W,3]`` uint8: what the model saw (None for a raw batch)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Probability of the explained class, per image."""
+        return self.probabilities[np.arange(len(self.class_index)), self.class_index]
+
+
+def load_model(model: ModelSource) -> onnx.ModelProto:
+    """Read an ONNX model from a path, bytes or a ModelProto, with one-line errors."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes):
+        data, where = model, "the given bytes"
+    else:
+        p = pathlib.Path(model)
+        if not p.is_file():
+            raise OnnxcamError(f"model '{p}' does not exist; check the path")
+        data, where = p.read_bytes(), f"'{p}'"
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - protobuf raises several types
+        proto = None
+    if proto is None or not proto.graph.node:
+        raise OnnxcamError(f"{where} is not an ONNX model; pass a .onnx file (export one with `onnxcam export`)")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        if isinstance(model, bytes):
+            raise OnnxcamError("the model keeps its weights in external data files; pass its path instead of bytes")
+        onnx.load_external_data_for_model(proto, str(pathlib.Path(model).parent))
+    return proto
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Explainer:
+    """Explain a classifier with CAMs on ONNX Runtime.
+
+    ``model`` is an onnxcam graph or any ONNX classifier (augmented in memory with ``add_gradients``).
+    ``layer`` re-targets the gradients to another tensor (or a layer name recorded in the metadata).
+    ``providers``: "auto", "cuda", "cpu" or an ORT providers list; ``session_options`` an ORT SessionOptions.
+    """
+
+    def __init__(self, model: ModelSource, *, providers: str | Sequence[Any] = "auto", layer: str | None = None,
+                 session_options: Any = None) -> None:
+        proto = load_model(model)
+        meta = read_metadata(proto)
+        known = set(meta.target_layers) | set(meta.target_tensors)
+        if not has_gradients(proto) or (layer is not None and layer not in known):
+            from onnxcam.exporter.gradient_pass import add_gradients  # onnx only, never torch
+
+            proto = add_gradients(proto, activations=layer, target=meta.target)
+            meta = read_metadata(proto)
+        self.model = proto
+        self.metadata: CamMetadata = meta
+        self.session = create_session(proto.SerializeToString(), providers, session_options)
+        dims = self.session.get_inputs()[0].shape
+        if any(not isinstance(d, int) for d in dims[1:]):
+            raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; export it with a fixed size")
+        self.input_shape: tuple[int, int, int] = tuple(dims[1:])
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._pairs = [(a, a.replace("activations", "gradients")) for a in outputs if a.startswith("activations")]
+        self.num_classes = int(self.session.get_outputs()[0].shape[1])
+        self.preprocessing: dict[str, Any] = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session really runs on, in priority order."""
+        return list(self.session.get_providers())
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names from the metadata, when the model carries them."""
+        return self.metadata.labels
+
+    @property
+    def layer(self) -> str:
+        """The target layer's name (torch module name or tensor name)."""
+        return ", ".join(self.metadata.target_layers)
+
+    def class_index_of(self, spec: int | str) -> int:
+        """A class index from an int, a numeric string or a label name; −1 means the predicted class."""
+        if isinstance(spec, str) and not spec.lstrip("-").isdigit():
+            names = [n.lower() for n in (self.labels or [])]
+            if spec.lower() not in names:
+                hint = "the model carries no class names; pass an index" if not names else \
+                    "run `onnxcam explain` without --class to see the predicted names"
+                raise OnnxcamError(f"unknown class name '{spec}'; {hint}")
+            return names.index(spec.lower())
+        index = int(spec)
+        if not -1 <= index < self.num_classes:
+            raise OnnxcamError(f"class index {index} is out of range; the model has {self.num_classes} classes "
+                               f"(0–{self.num_classes - 1}, or -1 for the predicted class)")
+        return index
+
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images (paths or HWC uint8 arrays) or a preprocessed NCHW float32 batch → (batch, model views)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:
+            batch = np.ascontiguousarray(images, dtype=np.float32)
+            if batch.shape[1:] != self.input_shape:
+                expected = ", ".join(map(str, self.input_shape))
+                raise OnnxcamError(f"a preprocessed batch must have shape [N, {expected}], got {list(batch.shape)}")
+            return batch, None
+        if isinstance(images, str | os.PathLike) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]
+        if len(images) == 0:
+            raise OnnxcamError("no images given")
+        size = self.input_shape[1:]
+        views = np.stack([model_view(load_image(im) if isinstance(im, str | os.PathLike) else as_rgb(im),
+                                     self.preprocessing, size) for im in images])
+        return normalise(views, self.preprocessing), views
+
+    def forward(self, batch: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None,
+                ) -> dict[str, np.ndarray]:
+        """Raw graph outputs (``logits``, ``activations``, ``gradients``) for a preprocessed batch."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        index = self._class_indices(class_index, len(batch))
+        outputs = self.session.run(None, {"input": batch, "class_index": index})
+        return dict(zip([o.name for o in self.session.get_outputs()], outputs))
+
+    def _class_indices(self, class_index: Any, n: int) -> np.ndarray:
+        if class_index is None:
+            return np.full(n, -1, np.int64)
+        if isinstance(class_index, int | str | np.integer):
+            return np.full(n, self.class_index_of(class_index), np.int64)
+        values = [self.class_index_of(c) for c in class_index]
+        if len(values) != n:
+            raise OnnxcamError(f"{len(values)} class indices given for {n} images")
+        return np.asarray(values, np.int64)
+
+    def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str = "cfcam",
+                class_index: Any = None, **method_options: Any) -> Explanation:
+        """CAMs of ``method`` for ``images``; ``class_index`` None/−1 explains the predicted class."""
+        spec = get_method(method)
+        check_options(spec, method_options)
+        batch, views = self.preprocess(images)
+        out = self.forward(batch, class_index)
+        logits = out["logits"]
+        maps = [spec.compute(out[a], out[g], **method_options) for a, g in self._pairs]
+        # several target layers: each map is upsampled and scaled, then they are averaged
+        cams = np.mean([finalise(m, self.input_shape[1:], spec.normalise) for m in maps], axis=0)
+        chosen = self._class_indices(class_index, len(batch))
+        chosen = np.where(chosen < 0, logits.argmax(axis=1), chosen)
+        names = [self.labels[c] for c in chosen] if self.labels else None
+        return Explanation(cams=cams, class_index=chosen, logits=logits, probabilities=softmax(logits),
+                           method=method, providers=self.providers, labels=names, images=views,
+                           options=dict(method_options))

@@ -1,0 +1,74 @@
+"""The metadata an onnxcam graph carries in ONNX ``metadata_props`` (DESIGN.md §3).
+
+Every field is stored as JSON under the key ``onnxcam.<field>`` so that any ONNX tool can read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import onnx
+
+FORMAT_VERSION = 1
+KEY_PREFIX = "onnxcam."
+
+#: Preprocessing used when a plain classifier carries none: resize to the input size, ImageNet statistics.
+IMAGENET_PREPROCESSING: dict[str, Any] = {
+    "resize": None,
+    "crop": None,
+    "scale": 1 / 255,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "channel_order": "RGB",
+}
+
+
+@dataclass
+class CamMetadata:
+    """What ``onnxcam explain`` needs to run on the file alone.
+
+    ``target_layers`` are the names a user gave (a torch module name or a tensor name);
+    ``target_tensors`` the ONNX tensors they resolved to, in the order of the ``activations_i`` outputs.
+    ``preprocessing``: ``x = (pixel·scale − mean) / std`` after an optional short-side ``resize`` and centre
+    ``crop`` (``[H, W]``); with neither, the image is resized straight to the input size.
+    """
+
+    target_layers: list[str] = field(default_factory=list)
+    target_tensors: list[str] = field(default_factory=list)
+    layout: str = "NCHW"
+    input_size: list[int] | None = None
+    preprocessing: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    target: str = "logit"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+def read_metadata(model: onnx.ModelProto) -> CamMetadata:
+    """Read the ``onnxcam.*`` keys of ``model``; missing keys keep their defaults."""
+    props = {p.key: p.value for p in model.metadata_props}
+    values = {}
+    for f in fields(CamMetadata):
+        raw = props.get(KEY_PREFIX + f.name)
+        if raw is not None:
+            values[f.name] = json.loads(raw)
+    return CamMetadata(**values)
+
+
+def write_metadata(model: onnx.ModelProto, meta: CamMetadata) -> None:
+    """Replace the ``onnxcam.*`` keys of ``model`` with ``meta``; other keys are kept."""
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(KEY_PREFIX)]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    for name, value in asdict(meta).items():
+        if value is not None:
+            model.metadata_props.add(key=KEY_PREFIX + name, value=json.dumps(value))
+
+
+def has_gradients(model: onnx.ModelProto) -> bool:
+    """True when ``model`` already follows the onnxcam contract (outputs ``logits`` and ``gradients``)."""
+    names = {o.name for o in model.graph.output}
+    return "logits" in names and ("gradients" in names or "gradients_0" in names)
