@@ -220,7 +220,7 @@ def _backward(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, source:
     if logits not in dep:
         raise OnnxcamError(f"layer '{source}' does not reach the logits; pick a layer before the classifier head")
     on_path = dep & ancestors(graph, logits)
-    nodes = [n for n in graph.node if any(o in on_path for o in n.output)]
+    nodes = [n for n in graph.node if any(o in on_path for o in n.output) and any(i in on_path for i in n.input)]
     info.probe(model, [t for n in nodes for t in [*n.input, *n.output] if t])
     missing = sorted({n.op_type for n in nodes} - RULES.keys())
     if missing:

@@ -119,8 +119,12 @@ def _spatial(v: VJP) -> tuple[list[int], list[int], list[int], list[int], list[i
 
 def _transpose_back(v: VJP, grad: str, channels: int, k, s, d, pads, xs, ys, weight: str) -> str:
     """ConvTranspose undoing a Conv/pool's spatial map, output padded back to the input size."""
-    nd = len(xs)
+    nd, pads = len(xs), list(pads)
     out_pad = [xs[i] - ((ys[i] - 1) * s[i] - pads[i] - pads[i + nd] + (k[i] - 1) * d[i] + 1) for i in range(nd)]
+    for i in range(nd):  # ceil_mode windows reach past the padded input: crop that part off the end
+        if out_pad[i] < 0:
+            pads[i + nd] -= out_pad[i]
+            out_pad[i] = 0
     return v.b.op("ConvTranspose", grad, weight, group=channels, kernel_shape=k, strides=s, dilations=d,
                   pads=pads, output_padding=out_pad)
 
@@ -369,3 +373,36 @@ def concat(v: VJP) -> Grads:
         grads.append(b.op("Slice", v.g, b.ints([start]), b.ints([start + size]), b.ints([axis])) if need else None)
         start += size
     return grads
+
+
+@rule("Transpose")
+def transpose(v: VJP) -> Grads:
+    """dx = Transpose(g, inverse permutation)."""
+    perm = v.attrs.get("perm") or list(range(len(v.shape(v.x))))[::-1]
+    return [v.b.op("Transpose", v.g, perm=[int(i) for i in np.argsort(perm)])]
+
+
+@rule("Slice")
+def slice_(v: VJP) -> Grads:
+    """dx = Pad(g) with zeros where the slice cut (step 1; constant starts/ends/axes)."""
+    shape = v.shape(v.x)
+    ins = list(v.node.input) + [""] * (5 - len(v.node.input))
+    values = [v.info.constants.get(name) if name else None for name in ins[1:5]]
+    if values[0] is None or values[1] is None or any(n and val is None for n, val in zip(ins[3:5], values[2:])):
+        raise v.fail("the slice bounds are computed at run time")
+    starts, ends = values[0].tolist(), values[1].tolist()
+    axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
+    steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
+    if any(s != 1 for s in steps):
+        raise v.fail("Slice with steps other than 1 is not supported yet")
+    rank = len(shape)
+    pads = [0] * (2 * rank)
+    for start, end, axis in zip(starts, ends, axes):
+        axis %= rank
+        size = shape[axis]
+        if size is None:
+            raise v.fail("slicing along the dynamic batch axis")
+        lo = min(max(start + size if start < 0 else start, 0), size)
+        hi = min(max(end + size if end < 0 else end, 0), size)
+        pads[axis], pads[axis + rank] = lo, size - max(hi, lo)
+    return [v.b.op("Pad", v.g, v.b.ints(pads))] + [None] * (len(v.node.input) - 1)
