@@ -1,0 +1,5 @@
+"""``python -m onnxcam.cli`` runs the onnxcam command."""
+
+from .main import main
+
+main()
