@@ -187,6 +187,9 @@ def export_torch(
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(result.SerializeToString())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
