@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.version import __version__
 

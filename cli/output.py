@@ -8,6 +8,7 @@ import pathlib
 from typing import Any
 
 import numpy as np
+
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.render import encode_png
 

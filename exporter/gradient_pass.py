@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 import onnx
 from onnx import helper
+
 from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.runtime.metadata import CamMetadata, read_metadata, write_metadata
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
 from onnxcam.runtime.errors import OnnxcamError
 
 #: A static shape with ``None`` for a dynamic (batch) dimension.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
+
 from onnxcam.runtime.metadata import read_metadata
 
 from .gradient_pass import ancestors, default_layer, producers, strip_gradients

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+
 from onnxcam.runtime.errors import UnsupportedOpError
 
 from .graph import GraphBuilder, Shape, TensorInfo, attributes

