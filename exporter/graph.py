@@ -60,6 +60,7 @@ class TensorInfo:
                 self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
             else:
                 self.shapes[vi.name] = None
+        self.model = model
         self.constants: dict[str, np.ndarray] = {}
         for init in model.graph.initializer:
             arr = numpy_helper.to_array(init)
@@ -72,6 +73,40 @@ class TensorInfo:
                 self.constants[node.output[0]] = arr
                 self.types[node.output[0]] = node.attribute[0].t.data_type
                 self.shapes[node.output[0]] = tuple(arr.shape)
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it does not depend on the graph input (folded with ORT if needed)."""
+        if not name:
+            return None
+        if name not in self.constants:
+            graph = self.model.graph
+            made_by = {out: node for node in graph.node for out in node.output if out}
+            inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+            seen, stack = set(), [name]
+            while stack:
+                t = stack.pop()
+                if t in inputs:
+                    return None
+                if t not in seen and t in made_by:
+                    seen.add(t)
+                    stack.extend(i for i in made_by[t].input if i)
+            self.constants[name] = self._evaluate(name)
+        return self.constants[name]
+
+    def _evaluate(self, name: str) -> np.ndarray:
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.model)
+        del probe.graph.output[:]
+        probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+        set_ir_version(probe)
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {}
+        for inp in sess.get_inputs():
+            dims = [d if isinstance(d, int) else 1 for d in inp.shape]
+            feeds[inp.name] = np.zeros(dims, np.float32)
+        return np.asarray(sess.run([name], feeds)[0])
 
     def shape(self, name: str) -> Shape:
         """Static shape of ``name`` (``None`` for the batch dimension); error when unknown."""

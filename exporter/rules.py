@@ -185,7 +185,7 @@ def _reduce_axes(v: VJP, attr_until: int) -> list[int]:
     if v.opset < attr_until:
         axes = v.attrs.get("axes")
     elif len(v.node.input) > 1 and v.node.input[1]:
-        axes = v.info.constants.get(v.node.input[1])
+        axes = v.info.constant(v.node.input[1])
         if axes is None:
             raise v.fail("the reduction axes are computed at run time")
         axes = axes.tolist()
@@ -388,7 +388,7 @@ def slice_(v: VJP) -> Grads:
     """dx = Pad(g) with zeros where the slice cut (step 1; constant starts/ends/axes)."""
     shape = v.shape(v.x)
     ins = list(v.node.input) + [""] * (5 - len(v.node.input))
-    values = [v.info.constants.get(name) if name else None for name in ins[1:5]]
+    values = [v.info.constant(name) for name in ins[1:5]]
     if values[0] is None or values[1] is None or any(n and val is None for n, val in zip(ins[3:5], values[2:])):
         raise v.fail("the slice bounds are computed at run time")
     starts, ends = values[0].tolist(), values[1].tolist()
@@ -407,3 +407,194 @@ def slice_(v: VJP) -> Grads:
         hi = min(max(end + size if end < 0 else end, 0), size)
         pads[axis], pads[axis + rank] = lo, size - max(hi, lo)
     return [v.b.op("Pad", v.g, v.b.ints(pads))] + [None] * (len(v.node.input) - 1)
+
+
+def _reduce_mean(v: VJP, t: str, axes: list[int]) -> str:
+    """ReduceMean over ``axes`` with keepdims, in the model's opset form (axes input from opset 18)."""
+    if v.opset >= 18:
+        return v.b.op("ReduceMean", t, v.b.ints(axes), keepdims=1)
+    return v.b.op("ReduceMean", t, axes=axes, keepdims=1)
+
+
+def _constant_exponent(v: VJP) -> str:
+    if v.needs[1]:
+        raise v.fail("the exponent depends on the target layer")
+    return v.node.input[1]
+
+
+@rule("Tanh")
+def tanh(v: VJP) -> Grads:
+    """dx = g · (1 − y²)."""
+    b = v.b
+    return [b.op("Mul", v.g, b.op("Sub", b.const(1.0), b.op("Mul", v.y, v.y)))]
+
+
+@rule("Exp")
+def exp(v: VJP) -> Grads:
+    """dx = g · y."""
+    return [v.b.op("Mul", v.g, v.y)]
+
+
+@rule("Sqrt")
+def sqrt(v: VJP) -> Grads:
+    """dx = g / (2y)."""
+    return [v.b.op("Div", v.g, v.b.op("Mul", v.y, v.b.const(2.0)))]
+
+
+@rule("Neg")
+def neg(v: VJP) -> Grads:
+    """dx = −g."""
+    return [v.b.op("Neg", v.g)]
+
+
+@rule("Erf")
+def erf(v: VJP) -> Grads:
+    """dx = g · 2/√π · exp(−x²)."""
+    b = v.b
+    bell = b.op("Exp", b.op("Neg", b.op("Mul", v.x, v.x)))
+    return [b.op("Mul", v.g, b.op("Mul", b.const(2 / math.sqrt(math.pi)), bell))]
+
+
+@rule("Pow")
+def pow_(v: VJP) -> Grads:
+    """dx = g · p · x^(p−1) (constant exponent p)."""
+    b, p = v.b, _constant_exponent(v)
+    return [b.op("Mul", v.g, b.op("Mul", p, b.op("Pow", v.x, b.op("Sub", p, b.op("CastLike", b.const(1.0), p))))), None]
+
+
+@rule("LeakyRelu")
+def leaky_relu(v: VJP) -> Grads:
+    """dx = g if x > 0 else α·g."""
+    b = v.b
+    return [b.op("Where", b.op("Greater", v.x, v.zero()), v.g, b.op("Mul", v.g, b.const(v.attrs.get("alpha", 0.01))))]
+
+
+@rule("PRelu")
+def prelu(v: VJP) -> Grads:
+    """dx = g if x > 0 else slope·g (constant slope)."""
+    if v.needs[1]:
+        raise v.fail("the slope depends on the target layer")
+    b = v.b
+    return [v.unbroadcast(b.op("Where", b.op("Greater", v.x, v.zero()), v.g, b.op("Mul", v.g, v.node.input[1])), v.x),
+            None]
+
+
+@rule("Softmax")
+def softmax(v: VJP) -> Grads:
+    """dx = y · (g − Σ_axis g·y) (opset ≥ 13 semantics: one axis)."""
+    if v.opset < 13:
+        raise v.fail("Softmax before opset 13 (2-D coercion) is not supported; convert the model to opset 13+")
+    b, axis = v.b, v.attrs.get("axis", -1)
+    rank = len(v.shape(v.x))
+    dot = b.op("ReduceSum", b.op("Mul", v.g, v.y), b.ints([axis % rank]), keepdims=1)
+    return [b.op("Mul", v.y, b.op("Sub", v.g, dot))]
+
+
+@rule("Gelu")
+def gelu(v: VJP) -> Grads:
+    """dx = g · (Φ(x) + x·φ(x)) (exact form; the tanh approximation is refused)."""
+    if v.attrs.get("approximate", "none") != "none":
+        raise v.fail("Gelu with approximate='tanh' has no rule yet")
+    b, x = v.b, v.x
+    cdf = b.op("Mul", b.const(0.5), b.op("Add", b.const(1.0), b.op("Erf", b.op("Mul", x, b.const(1 / math.sqrt(2))))))
+    pdf = b.op("Mul", b.const(1 / math.sqrt(2 * math.pi)), b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))))
+    return [b.op("Mul", v.g, b.op("Add", cdf, b.op("Mul", x, pdf)))]
+
+
+@rule("Expand")
+def expand(v: VJP) -> Grads:
+    """dx = unbroadcast(g)."""
+    return [v.unbroadcast(v.g, v.x), None]
+
+
+@rule("Where")
+def where(v: VJP) -> Grads:
+    """da = unbroadcast(Where(c, g, 0)), db = unbroadcast(Where(c, 0, g))."""
+    b, (c, x1, x2) = v.b, v.node.input
+    return [None,
+            v.unbroadcast(b.op("Where", c, v.g, v.zero()), x1) if v.needs[1] else None,
+            v.unbroadcast(b.op("Where", c, v.zero(), v.g), x2) if v.needs[2] else None]
+
+
+@rule("Pad")
+def pad(v: VJP) -> Grads:
+    """dx = Slice(g) removing the padding (constant mode, non-negative constant pads)."""
+    a, ins = v.attrs, list(v.node.input)
+    if a.get("mode", "constant") != "constant":
+        raise v.fail(f"Pad mode '{a.get('mode')}' has no rule yet")
+    pads = a.get("pads") if v.opset < 11 else v.info.constant(ins[1])
+    if pads is None:
+        raise v.fail("the pads are computed at run time")
+    pads = [int(p) for p in np.asarray(pads).tolist()]
+    rank = len(v.shape(v.x))
+    axes = list(range(rank))
+    if len(ins) > 3 and ins[3]:
+        axes = [int(x) % rank for x in v.info.constant(ins[3]).tolist()]
+    if any(p < 0 for p in pads):
+        raise v.fail("negative pads (cropping) have no rule yet")
+    n = len(axes)
+    starts = [pads[i] for i in range(n)]
+    ends = [pads[i] + v.shape(v.x)[axes[i]] if v.shape(v.x)[axes[i]] is not None else 2**62 for i in range(n)]
+    out = v.b.op("Slice", v.g, v.b.ints(starts), v.b.ints(ends), v.b.ints(axes))
+    return [out] + [None] * (len(ins) - 1)
+
+
+@rule("Gather")
+def gather(v: VJP) -> Grads:
+    """dx = Pad(Unsqueeze(g)) for a constant scalar index (e.g. a ViT class token, x[:, 0])."""
+    idx = v.info.constant(v.node.input[1])
+    if idx is None or idx.ndim != 0:
+        raise v.fail("Gather is differentiated only for a constant scalar index")
+    shape = v.shape(v.x)
+    rank, axis = len(shape), v.attrs.get("axis", 0) % len(shape)
+    size = shape[axis]
+    if size is None:
+        raise v.fail("gathering along the dynamic batch axis")
+    i = int(idx) % size
+    pads = [0] * (2 * rank)
+    pads[axis], pads[axis + rank] = i, size - 1 - i
+    return [v.b.op("Pad", v.b.op("Unsqueeze", v.g, v.b.ints([axis])), v.b.ints(pads)), None]
+
+
+@rule("Split")
+def split(v: VJP) -> Grads:
+    """dx = Concat(g_i) along the split axis (zeros for outputs that carry no gradient)."""
+    b = v.b
+    parts = [g if g is not None else b.op("ConstantOfShape", b.op("Shape", out))
+             for g, out in zip(v.grads, v.node.output)]
+    return [b.op("Concat", *parts, axis=v.attrs.get("axis", 0))] + [None] * (len(v.node.input) - 1)
+
+
+def _normalise_back(v: VJP, axes: list[int], scale_shape: list[int] | None) -> str:
+    """dx for y = x̂·scale + bias, x̂ = (x − μ)/σ over ``axes``: (ĝ − mean ĝ − x̂·mean(ĝ·x̂)) / σ, ĝ = g·scale."""
+    b, x = v.b, v.x
+    eps = v.b.const(float(v.attrs.get("epsilon", 1e-5)))
+    centred = b.op("Sub", x, _reduce_mean(v, x, axes))
+    sigma = b.op("Sqrt", b.op("Add", _reduce_mean(v, b.op("Mul", centred, centred), axes), eps))
+    xhat = b.op("Div", centred, sigma)
+    scale = v.node.input[1]
+    if scale_shape is not None:
+        scale = b.op("Reshape", scale, b.ints(scale_shape))
+    gh = b.op("Mul", v.g, scale)
+    projection = b.op("Mul", xhat, _reduce_mean(v, b.op("Mul", gh, xhat), axes))
+    inner = b.op("Sub", b.op("Sub", gh, _reduce_mean(v, gh, axes)), projection)
+    return b.op("Div", inner, sigma)
+
+
+@rule("LayerNormalization")
+def layer_norm(v: VJP) -> Grads:
+    """LayerNorm over axes [axis, rank): dx = (ĝ − mean ĝ − x̂·mean(ĝ·x̂)) / σ with ĝ = g·scale."""
+    if any(v.needs[1:]):
+        raise v.fail("the scale or bias depends on the target layer")
+    rank = len(v.shape(v.x))
+    axis = v.attrs.get("axis", -1) % rank
+    return [_normalise_back(v, list(range(axis, rank)), None)] + [None] * (len(v.node.input) - 1)
+
+
+@rule("InstanceNormalization")
+def instance_norm(v: VJP) -> Grads:
+    """InstanceNorm over the spatial axes, per-channel scale: the LayerNorm formula on axes [2, rank)."""
+    if any(v.needs[1:]):
+        raise v.fail("the scale or bias depends on the target layer")
+    rank = len(v.shape(v.x))
+    return [_normalise_back(v, list(range(2, rank)), [-1] + [1] * (rank - 2)), None, None]

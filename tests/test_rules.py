@@ -75,13 +75,31 @@ BODIES = {
         w=g(8, 8)),
     "squeeze_unsqueeze_dropout": lambda: Lambda(lambda m, x: m.d(x.unsqueeze(1).squeeze(1)) + x).with_module(
         "d", nn.Dropout(0.5)),
+    # second wave: ops of ConvNeXt, ViT/Swin, EfficientNet-V2 and friends
+    "tanh_exp_sqrt_pow_neg": lambda: Lambda(lambda m, x: torch.tanh(x) * torch.exp(-x) + torch.sqrt(x * x + 1.0)
+                                            + (x + 2.0).pow(3) * 0.01),
+    "erf_gelu": lambda: nn.Sequential(nn.GELU(), nn.Conv2d(8, 8, 1), nn.GELU()),
+    "leaky_prelu": lambda: nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 1), nn.PReLU(8, init=0.3)),
+    "softmax_channels": lambda: Lambda(lambda m, x: torch.softmax(x * 3.0, dim=1) * x),
+    "expand_where": lambda: Lambda(lambda m, x: torch.where(x > 0.1, x * 2.0, m.p.expand(x.shape[0], 8, 12, 12)) + x,
+                                   p=g(1, 8, 1, 1)),
+    "pad_gather_token": lambda: Lambda(lambda m, x: nn.functional.pad(x, (1, 2, 0, 1))[:, :, :12, :12]
+                                       + x[:, 0:1].select(2, 3).unsqueeze(2)),
+    "split_chunks": lambda: Lambda(lambda m, x: torch.cat(list(reversed(torch.split(x, [3, 5], dim=1))), 1)),
+    "layernorm_channels_last": lambda: Lambda(lambda m, x: m.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    .with_module("ln", nn.LayerNorm(8)),
+    # a nonlinearity after the norm: the spatial mean of an instance-normalised map alone is constant
+    "instancenorm_affine": lambda: nn.Sequential(nn.InstanceNorm2d(8, affine=True), nn.Tanh()),
 }
 
 
 def _net(name: str) -> nn.Module:
     torch.manual_seed(hash(name) % 1000)
     net = Net(BODIES[name]()).eval()
-    for module in net.modules():  # non-trivial batch-norm statistics
+    for module in net.modules():  # non-trivial normalisation parameters
+        if isinstance(module, nn.LayerNorm | nn.InstanceNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
@@ -111,7 +129,8 @@ def test_export_op_coverage():
         seen |= {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     wanted = {"Conv", "Relu", "Clip", "BatchNormalization", "Add", "Sub", "Mul", "Div", "ReduceMean", "Reshape",
               "Squeeze", "Unsqueeze", "Gemm", "MatMul", "MaxPool", "AveragePool", "Concat", "Sigmoid", "HardSigmoid",
-              "HardSwish", "Transpose"}
+              "HardSwish", "Transpose", "Tanh", "Exp", "Sqrt", "Pow", "Neg", "Erf", "LeakyRelu", "PRelu", "Softmax",
+              "Expand", "Where", "Pad", "Gather", "Split", "LayerNormalization", "InstanceNormalization", "Slice"}
     assert wanted - seen == set()
 
 
