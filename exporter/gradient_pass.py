@@ -213,15 +213,22 @@ def _set_batch_dim(vi: onnx.ValueInfoProto) -> None:
         dims[0].dim_param = "N"
 
 
-def _backward(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, source: str, logits: str,
-              seed: str) -> str:
-    """Emit the reverse pass from ``logits`` (seeded with ``seed``) to ``source``; return ∂/∂source."""
+def path_nodes(model: onnx.ModelProto, info: TensorInfo, source: str, logits: str,
+               ) -> tuple[list[onnx.NodeProto], set[str]]:
+    """The nodes between ``source`` and ``logits`` (graph order) and the float tensors on those paths."""
     graph = model.graph
     dep = _dependents(graph, info, source)
     if logits not in dep:
         raise OnnxcamError(f"layer '{source}' does not reach the logits; pick a layer before the classifier head")
     on_path = dep & ancestors(graph, logits)
     nodes = [n for n in graph.node if any(o in on_path for o in n.output) and any(i in on_path for i in n.input)]
+    return nodes, on_path
+
+
+def _backward(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, source: str, logits: str,
+              seed: str) -> str:
+    """Emit the reverse pass from ``logits`` (seeded with ``seed``) to ``source``; return ∂/∂source."""
+    nodes, on_path = path_nodes(model, info, source, logits)
     info.probe(model, [t for n in nodes for t in [*n.input, *n.output] if t])
     missing = sorted({n.op_type for n in nodes} - RULES.keys())
     if missing:

@@ -116,7 +116,8 @@ def test_rule_matches_torch_autograd(name, tmp_path):
     rng = np.random.default_rng(1)
     # two different inputs (a frozen gradient would match only one) at batch 1 and 3
     inputs = [rng.standard_normal((b, 3, 12, 12)).astype(np.float32) for b in (1, 3, 3)]
-    assert check_parity(net, model, "stem", inputs) <= 1e-4, ops
+    parity = check_parity(net, model, "stem", inputs)
+    assert parity.error <= 1e-4 and parity.flips == 0, (parity, ops)
 
 
 def test_export_op_coverage():
