@@ -17,6 +17,7 @@ from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.runtime.metadata import CamMetadata, read_metadata, write_metadata
 
 from .graph import GraphBuilder, TensorInfo, opset_of, set_ir_version
+from .layout import infer_layout
 from .rules import RULES, VJP
 
 #: Ops whose outputs carry no gradient (shapes, indices, comparisons).
@@ -115,6 +116,7 @@ def add_gradients(
     logits: str | None = None,
     target: str = "logit",
     layer_names: list[str] | None = None,
+    layouts: list[dict] | None = None,
 ) -> onnx.ModelProto:
     """Return ``model`` rewritten to the onnxcam contract (DESIGN.md §3).
 
@@ -122,7 +124,8 @@ def add_gradients(
     outputs ``logits``, ``activations`` and ``gradients`` = ∂ score / ∂ activations, where score is the
     logit of the class (``target="logit"``) or its softmax probability (``target="probability"``).
     ``activations`` names the target tensor(s) (default: :func:`default_layer`); with several, the outputs
-    are ``activations_i`` / ``gradients_i``. ``layer_names`` are the user-facing names stored in metadata.
+    are ``activations_i`` / ``gradients_i``. ``layer_names`` are the user-facing names stored in metadata;
+    ``layouts`` override the inferred layout of each target (NCHW, NHWC or tokens, see ``layout.py``).
     """
     if target not in TARGETS:
         raise OnnxcamError(f"unknown gradient target '{target}'; use one of {', '.join(TARGETS)}")
@@ -193,6 +196,11 @@ def add_gradients(
     meta = read_metadata(model)
     meta.target_tensors = targets
     meta.target_layers = layer_names or requested
+    input_hw = info.shape("input")[2:4]
+    meta.layouts = list(layouts) if layouts else [infer_layout(info.shape(t), input_hw) for t in targets]
+    if len(meta.layouts) != len(targets):
+        raise OnnxcamError(f"{len(meta.layouts)} layouts given for {len(targets)} target layers")
+    meta.layout = meta.layouts[0]["layout"]
     meta.target = target
     meta.input_size = meta.input_size or [d for d in info.shape("input")[1:]]
     meta.provenance.setdefault("source_framework", model.producer_name or "onnx")

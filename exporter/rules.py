@@ -385,28 +385,40 @@ def transpose(v: VJP) -> Grads:
 
 @rule("Slice")
 def slice_(v: VJP) -> Grads:
-    """dx = Pad(g) with zeros where the slice cut (step 1; constant starts/ends/axes)."""
-    shape = v.shape(v.x)
+    """dx = g scattered back: per sliced axis, interleave zeros (step s > 1: Unsqueeze, Pad to s, merge the
+    two axes) and Pad/Slice to the input's size (constant starts/ends/axes/steps, positive steps)."""
+    b, x_shape = v.b, v.shape(v.x)
     ins = list(v.node.input) + [""] * (5 - len(v.node.input))
     values = [v.info.constant(name) for name in ins[1:5]]
     if values[0] is None or values[1] is None or any(n and val is None for n, val in zip(ins[3:5], values[2:])):
         raise v.fail("the slice bounds are computed at run time")
-    starts, ends = values[0].tolist(), values[1].tolist()
-    axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
+    starts = values[0].tolist()
+    rank = len(x_shape)
+    axes = [a % rank for a in values[2].tolist()] if values[2] is not None else list(range(len(starts)))
     steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
-    if any(s != 1 for s in steps):
-        raise v.fail("Slice with steps other than 1 is not supported yet")
-    rank = len(shape)
-    pads = [0] * (2 * rank)
-    for start, end, axis in zip(starts, ends, axes):
-        axis %= rank
-        size = shape[axis]
+    grad, shape = v.g, list(v.shape(v.y))
+    for start, axis, step in zip(starts, axes, steps):
+        size = x_shape[axis]
+        if step <= 0:
+            raise v.fail("Slice with a negative step has no rule yet")
         if size is None:
             raise v.fail("slicing along the dynamic batch axis")
         lo = min(max(start + size if start < 0 else start, 0), size)
-        hi = min(max(end + size if end < 0 else end, 0), size)
-        pads[axis], pads[axis + rank] = lo, size - max(hi, lo)
-    return [v.b.op("Pad", v.g, v.b.ints(pads))] + [None] * (len(v.node.input) - 1)
+        count = shape[axis]
+        if step > 1:  # element i goes to i·step: a zero-padded new axis of length `step`, merged into this one
+            grad = b.op("Pad", b.op("Unsqueeze", grad, b.ints([axis + 1])),
+                        b.ints([0] * (rank + 1) + [step - 1 if k == axis + 1 else 0 for k in range(rank + 1)]))
+            shape[axis] = count * step
+            grad = b.op("Reshape", grad, b.ints([-1 if d is None else d for d in shape]))
+            count = count * step
+        after = size - lo - count
+        pads = [0] * (2 * rank)
+        pads[axis], pads[axis + rank] = lo, max(after, 0)
+        grad = b.op("Pad", grad, b.ints(pads))
+        if after < 0:
+            grad = b.op("Slice", grad, b.ints([0]), b.ints([size]), b.ints([axis]))
+        shape[axis] = size
+    return [grad] + [None] * (len(v.node.input) - 1)
 
 
 def _reduce_mean(v: VJP, t: str, axes: list[int]) -> str:

@@ -159,12 +159,14 @@ def export_torch(
     labels: list[str] | None = None,
     opset: int | None = None,
     target: str = "logit",
+    layouts: list[dict] | None = None,
 ) -> pathlib.Path:
     """Export ``model`` to ``path`` as an onnxcam graph (DESIGN.md §3) with gradients at ``target_layer``.
 
     Exports on CPU with a dynamic batch axis (torch's TorchScript exporter), runs :func:`add_gradients`,
-    writes metadata, then checks ORT against ``torch.autograd.grad`` on two random inputs; above a
-    relative error of 1e-4 it raises and writes nothing. Returns the path of the single self-contained file.
+    writes metadata (``layouts`` overrides the inferred NCHW/NHWC/token layout), then checks ORT against
+    ``torch.autograd.grad`` on two random inputs; above a relative error of 1e-4 it raises and writes
+    nothing. Returns the path of the single self-contained file.
     """
     torch = _require_torch()
     path = pathlib.Path(path)
@@ -192,7 +194,7 @@ def export_torch(
                     "model_class": type(model).__name__},
     ))
     result = add_gradients(exported, activations="onnxcam_target", logits="logits", target=target,
-                           layer_names=[target_layer])
+                           layer_names=[target_layer], layouts=layouts)
     num_classes = result.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if labels is not None and len(labels) != num_classes:
         raise OnnxcamError(f"{len(labels)} labels given for a model with {num_classes} classes")

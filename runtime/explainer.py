@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxcamError
+from .layout import to_nchw
 from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_metadata
 from .methods import check_options, finalise, get_method
 from .preprocess import as_rgb, load_image, model_view, normalise
@@ -175,7 +176,9 @@ class Explainer:
         batch, views = self.preprocess(images)
         out = self.forward(batch, class_index)
         logits = out["logits"]
-        maps = [spec.compute(out[a], out[g], **method_options) for a, g in self._pairs]
+        layouts = self.metadata.layouts or [{"layout": "NCHW"}] * len(self._pairs)
+        maps = [spec.compute(to_nchw(out[a], lay), to_nchw(out[g], lay), **method_options)
+                for (a, g), lay in zip(self._pairs, layouts)]
         # several target layers: each map is upsampled and scaled, then they are averaged
         cams = np.mean([finalise(m, self.input_shape[1:], spec.normalise) for m in maps], axis=0)
         chosen = self._class_indices(class_index, len(batch))

@@ -30,7 +30,9 @@ class CamMetadata:
     """What ``onnxcam explain`` needs to run on the file alone.
 
     ``target_layers`` are the names a user gave (a torch module name or a tensor name);
-    ``target_tensors`` the ONNX tensors they resolved to, in the order of the ``activations_i`` outputs.
+    ``target_tensors`` the ONNX tensors they resolved to, in the order of the ``activations_i`` outputs;
+    ``layouts`` one dict per target (``layout`` NCHW/NHWC/NTC, ``grid``, ``prefix_tokens``, see
+    runtime/layout.py) and ``layout`` the first one's kind.
     ``preprocessing``: ``x = (pixel·scale − mean) / std`` after an optional short-side ``resize`` and centre
     ``crop`` (``[H, W]``); with neither, the image is resized straight to the input size.
     """
@@ -38,6 +40,7 @@ class CamMetadata:
     target_layers: list[str] = field(default_factory=list)
     target_tensors: list[str] = field(default_factory=list)
     layout: str = "NCHW"
+    layouts: list[dict[str, Any]] = field(default_factory=list)
     input_size: list[int] | None = None
     preprocessing: dict[str, Any] | None = None
     labels: list[str] | None = None

@@ -3,7 +3,8 @@
 ORT (BASIC) against torch.autograd.grad on two different inputs, at batch 2 and batch 3, relative error
 ≤ 1e-4 (``check_parity`` falls back to a float64 torch reference where float32 torch flips a ReLU mask).
 Inputs are the smallest each architecture takes; VGG needs 224 because torch's exporter cannot export its
-adaptive 7×7 pool from a smaller feature map. Zero-initialised heads are re-initialised.
+adaptive 7×7 pool from a smaller feature map, and ViT is built for 64×64. Zero-initialised heads (ViT's)
+are re-initialised.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ CASES = {  # model: (input size, last stage, earlier stage)
     "googlenet": (64, "inception5b", "inception4e"),
     "mnasnet1_0": (64, "layers.16", "layers.13"),
     "convnext_tiny": (64, "features.7", "features.5"),
+    "vit_b_16": (64, "encoder.layers.encoder_layer_11", "encoder.layers.encoder_layer_8"),
+    "swin_t": (64, "features.7", "features.5"),
 }
+KWARGS = {"vit_b_16": {"image_size": 64}}  # ViT's position embedding fixes its input size
 
 
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
+    model = torchvision.models.get_model(name, weights=None, **KWARGS.get(name, {})).eval()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and not module.weight.abs().max():
             torch.nn.init.normal_(module.weight, std=0.01)

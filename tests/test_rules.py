@@ -85,6 +85,9 @@ BODIES = {
                                    p=g(1, 8, 1, 1)),
     "pad_gather_token": lambda: Lambda(lambda m, x: nn.functional.pad(x, (1, 2, 0, 1))[:, :, :12, :12]
                                        + x[:, 0:1].select(2, 3).unsqueeze(2)),
+    "slice_steps_patch_merging": lambda: Lambda(lambda m, x: m.mix(torch.cat(
+        [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, 3:7, 1:12:2, 1::2]], 1))
+        + x[:, :, 2::3, 0:11:3].mean((2, 3), keepdim=True)).with_module("mix", nn.Conv2d(20, 8, 1)),
     "split_chunks": lambda: Lambda(lambda m, x: torch.cat(list(reversed(torch.split(x, [3, 5], dim=1))), 1)),
     "layernorm_channels_last": lambda: Lambda(lambda m, x: m.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
     .with_module("ln", nn.LayerNorm(8)),
