@@ -428,12 +428,6 @@ def _reduce_mean(v: VJP, t: str, axes: list[int]) -> str:
     return v.b.op("ReduceMean", t, axes=axes, keepdims=1)
 
 
-def _constant_exponent(v: VJP) -> str:
-    if v.needs[1]:
-        raise v.fail("the exponent depends on the target layer")
-    return v.node.input[1]
-
-
 @rule("Tanh")
 def tanh(v: VJP) -> Grads:
     """dx = g · (1 − y²)."""
@@ -470,8 +464,11 @@ def erf(v: VJP) -> Grads:
 @rule("Pow")
 def pow_(v: VJP) -> Grads:
     """dx = g · p · x^(p−1) (constant exponent p)."""
-    b, p = v.b, _constant_exponent(v)
-    return [b.op("Mul", v.g, b.op("Mul", p, b.op("Pow", v.x, b.op("Sub", p, b.op("CastLike", b.const(1.0), p))))), None]
+    p = v.info.constant(v.node.input[1])
+    if v.needs[1] or p is None:
+        raise v.fail("the exponent is not a constant")
+    b, p = v.b, np.asarray(p, np.float32)
+    return [b.op("Mul", v.g, b.op("Mul", b.const(p), b.op("Pow", v.x, b.const(p - 1)))), None]
 
 
 @rule("LeakyRelu")
@@ -553,19 +550,26 @@ def pad(v: VJP) -> Grads:
 
 @rule("Gather")
 def gather(v: VJP) -> Grads:
-    """dx = Pad(Unsqueeze(g)) for a constant scalar index (e.g. a ViT class token, x[:, 0])."""
-    idx = v.info.constant(v.node.input[1])
-    if idx is None or idx.ndim != 0:
-        raise v.fail("Gather is differentiated only for a constant scalar index")
-    shape = v.shape(v.x)
-    rank, axis = len(shape), v.attrs.get("axis", 0) % len(shape)
-    size = shape[axis]
-    if size is None:
-        raise v.fail("gathering along the dynamic batch axis")
-    i = int(idx) % size
-    pads = [0] * (2 * rank)
-    pads[axis], pads[axis + rank] = i, size - 1 - i
-    return [v.b.op("Pad", v.b.op("Unsqueeze", v.g, v.b.ints([axis])), v.b.ints(pads)), None]
+    """dx = ScatterElements(0, indices, g, axis, reduction=add), the indices spread over g's shape
+    (constant or computed indices, e.g. a ViT class token or the as_strided decomposition of permutes)."""
+    if v.opset < 16:
+        raise v.fail("needs opset >= 16 (ScatterElements with reduction=add); re-export with opset 17")
+    b, idx = v.b, v.node.input[1]
+    rank = len(v.shape(v.x))
+    axis = v.attrs.get("axis", 0) % rank
+    q = v.shape(idx)
+    grad = v.g
+    if len(q) != 1:  # one index axis: scalar → unsqueeze, several → merge (at most one size unknown)
+        g_shape = list(v.shape(v.y))
+        merged = g_shape[:axis] + [None if None in q else math.prod(q)] + g_shape[axis + len(q):]
+        if merged.count(None) > 1:
+            raise v.fail("Gather with multi-dimensional indices of dynamic size on a batched tensor")
+        grad = b.op("Reshape", grad, b.ints([-1 if d is None else d for d in merged]))
+        idx = b.op("Reshape", idx, b.ints([-1]))
+    spread = b.op("Reshape", idx, b.ints([1] * axis + [-1] + [1] * (rank - axis - 1)))
+    spread = b.op("Expand", b.op("Cast", spread, to=onnx.TensorProto.INT64), b.op("Shape", grad))
+    zeros = b.op("ConstantOfShape", b.op("Shape", v.x), value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+    return [b.op("ScatterElements", zeros, spread, grad, axis=axis, reduction="add"), None]
 
 
 @rule("Split")

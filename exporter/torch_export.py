@@ -5,6 +5,7 @@ torch is imported inside the functions only, so ``onnxcam.exporter`` loads where
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pathlib
@@ -23,6 +24,8 @@ from onnxcam.runtime.version import __version__
 from .gradient_pass import add_gradients
 
 DEFAULT_OPSET = 17
+DEFAULT_DYNAMO_OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")
 PARITY_TOLERANCE = 1e-4
 
 
@@ -149,6 +152,25 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layer_name: str, input
     return Parity(worst, images, flips)
 
 
+def _export(wrapped: Any, input_shape: tuple[int, int, int], opset: int | None, exporter: str) -> onnx.ModelProto:
+    """``wrapped`` (returning logits and the layer's output) as ONNX, batch axis dynamic, in memory."""
+    torch = _require_torch()
+    names = {"input_names": ["input"], "output_names": ["logits", "onnxcam_target"]}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            batch = torch.export.Dim("N", min=1, max=4096)
+            program = torch.onnx.export(wrapped, (torch.zeros(2, *input_shape),), dynamo=True, verbose=False,
+                                        opset_version=opset or DEFAULT_DYNAMO_OPSET, dynamic_shapes=({0: batch},),
+                                        **names)
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(wrapped, (torch.zeros(1, *input_shape),), buffer, dynamo=False,
+                          opset_version=opset or DEFAULT_OPSET, do_constant_folding=True,
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}, "onnxcam_target": {0: "N"}}, **names)
+        return onnx.load_from_string(buffer.getvalue())
+
+
 def export_torch(
     model: Any,
     path: str | os.PathLike,
@@ -160,10 +182,12 @@ def export_torch(
     opset: int | None = None,
     target: str = "logit",
     layouts: list[dict] | None = None,
+    exporter: str = "torchscript",
 ) -> pathlib.Path:
     """Export ``model`` to ``path`` as an onnxcam graph (DESIGN.md §3) with gradients at ``target_layer``.
 
-    Exports on CPU with a dynamic batch axis (torch's TorchScript exporter), runs :func:`add_gradients`,
+    Exports on CPU with a dynamic batch axis (``exporter``: torch's "torchscript" exporter, opset 17 by default,
+    or the "dynamo" one, opset 18 by default), runs :func:`add_gradients`,
     writes metadata (``layouts`` overrides the inferred NCHW/NHWC/token layout), then checks ORT against
     ``torch.autograd.grad`` on two random inputs; above a relative error of 1e-4 it raises and writes
     nothing. Returns the path of the single self-contained file.
@@ -173,17 +197,9 @@ def export_torch(
     if labels is not None and len(labels) == 0:
         labels = None
     model = model.eval().cpu()
-    wrapped = _capturing(model, target_layer)
-    dummy = torch.zeros(1, *input_shape)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapped, (dummy,), buffer, dynamo=False, opset_version=opset or DEFAULT_OPSET,
-            input_names=["input"], output_names=["logits", "onnxcam_target"], do_constant_folding=True,
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}, "onnxcam_target": {0: "N"}},
-        )
-    exported = onnx.load_from_string(buffer.getvalue())
+    if exporter not in EXPORTERS:
+        raise OnnxcamError(f"unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}")
+    exported = _export(_capturing(model, target_layer), input_shape, opset, exporter)
     exported.producer_name = "pytorch"
     exported.producer_version = torch.__version__
     write_metadata(exported, CamMetadata(
@@ -191,7 +207,7 @@ def export_torch(
         preprocessing=dict(preprocessing or IMAGENET_PREPROCESSING),
         labels=list(labels) if labels is not None else None,
         provenance={"exporter": f"onnxcam {__version__}", "source_framework": f"pytorch {torch.__version__}",
-                    "model_class": type(model).__name__},
+                    "torch_exporter": exporter, "model_class": type(model).__name__},
     ))
     result = add_gradients(exported, activations="onnxcam_target", logits="logits", target=target,
                            layer_names=[target_layer], layouts=layouts)

@@ -65,3 +65,30 @@ def test_parity(name, stage, tmp_path):
     parity = check_parity(model, onnx.load(path), layer, inputs)
     # at most one image of the five set aside as a float32 rounding flip at a ReLU kink (see check_parity)
     assert parity.error <= 1e-4 and parity.images >= 4, parity
+
+
+@pytest.mark.parametrize(("name", "exporter", "opset"), [
+    ("resnet18", "dynamo", None),
+    ("mobilenet_v3_small", "dynamo", None),
+    ("efficientnet_b0", "dynamo", None),
+    ("convnext_tiny", "dynamo", None),
+    ("swin_t", "dynamo", None),
+    ("vit_b_16", "dynamo", None),
+    ("resnet18", "torchscript", 13),
+    ("mobilenet_v3_small", "torchscript", 13),
+    ("efficientnet_b0", "torchscript", 13),
+    ("vit_b_16", "torchscript", 14),  # torch cannot export ViT's attention below opset 14
+])
+def test_parity_through_both_exporters_and_old_opsets(name, exporter, opset, tmp_path):
+    """The dynamo exporter (opset 18, as_strided gathers, ReduceMean axes as inputs) and old TorchScript
+    opsets (converted to 17 where ScatterElements needs 16) give the same parity at the earlier stage."""
+    size, _, layer = CASES[name]
+    model = _model(name)
+    path = export_torch(model, tmp_path / "m.onnx", target_layer=layer, input_shape=(3, size, size),
+                        exporter=exporter, opset=opset)
+    proto = onnx.load(path)
+    assert proto.metadata_props and {p.key for p in proto.metadata_props} >= {"onnxcam.target_layers"}
+    rng = np.random.default_rng(6)
+    inputs = [rng.standard_normal((batch, 3, size, size)).astype(np.float32) for batch in (2, 3)]
+    parity = check_parity(model, proto, layer, inputs)
+    assert parity.error <= 1e-4 and parity.images >= 4, parity
