@@ -172,7 +172,8 @@ def _factory_model(spec: str) -> Any:
 @main.command()
 @click.argument("model", type=str)
 def layers(model: str) -> None:
-    """List MODEL's candidate target layers (4-D feature maps that feed the logits); * marks the default."""
+    """List MODEL's candidate target layers (feature maps and token tensors that feed the logits), whether
+    gradients reach each one, and the default (*)."""
     from onnxcam.exporter.layers import candidate_layers
     from onnxcam.runtime.explainer import load_model
     from onnxcam.runtime.metadata import read_metadata
@@ -180,11 +181,14 @@ def layers(model: str) -> None:
     proto = load_model(model)
     meta = read_metadata(proto)
     rows = candidate_layers(proto)
+    if not rows:
+        raise OnnxcamError("found no feature map or token tensor before the logits; is this an image classifier?")
     width = max(len(r.name) for r in rows)
-    click.echo(f"{'':2}{'tensor':<{width}}  {'op':<20} shape")
+    click.echo(f"{'':2}{'tensor':<{width}}  {'op':<20} {'shape':<16} gradient")
     for r in rows:
         mark = "*" if r.default else " "
         shape = "x".join("N" if d is None else str(d) for d in r.shape)
+        flow = "yes" if r.flows else f"no: {r.blocker}"
         note = f"  <- exported target ({', '.join(meta.target_layers)})" if r.target else ""
-        click.echo(f"{mark} {r.name:<{width}}  {r.op:<20} {shape}{note}")
-    click.echo("* default target layer (the last feature map before the head)")
+        click.echo(f"{mark} {r.name:<{width}}  {r.op:<20} {shape:<16} {flow}{note}")
+    click.echo("* default target layer (the last feature map before the head); pass another with --layer")

@@ -14,11 +14,12 @@ import onnx
 from onnx import helper
 
 from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
-from onnxcam.runtime.metadata import CamMetadata, read_metadata, write_metadata
+from onnxcam.runtime.metadata import CamMetadata, read_metadata, target_output_names, write_metadata
 
-from .graph import GraphBuilder, TensorInfo, opset_of, set_ir_version
+from .graph import DynamicSizeError, GraphBuilder, TensorInfo, opset_of, set_ir_version
 from .layout import infer_layout
 from .rules import RULES, VJP
+from .torch_names import module_tensor
 
 #: Ops whose outputs carry no gradient (shapes, indices, comparisons).
 NON_DIFFERENTIABLE = {
@@ -123,7 +124,8 @@ def add_gradients(
     Inputs ``input`` (float32 ``[N,3,H,W]``) and ``class_index`` (int64 ``[N]``, −1 = argmax);
     outputs ``logits``, ``activations`` and ``gradients`` = ∂ score / ∂ activations, where score is the
     logit of the class (``target="logit"``) or its softmax probability (``target="probability"``).
-    ``activations`` names the target tensor(s) (default: :func:`default_layer`); with several, the outputs
+    ``activations`` names the target tensor(s) (default: :func:`default_layer`) — a tensor name, or a torch
+    module name in a graph from torch's TorchScript exporter (``torch_names.py``); with several, the outputs
     are ``activations_i`` / ``gradients_i``. ``layer_names`` are the user-facing names stored in metadata;
     ``layouts`` override the inferred layout of each target (NCHW, NHWC or tokens, see ``layout.py``).
     """
@@ -144,17 +146,20 @@ def add_gradients(
     else:
         requested = [activations] if isinstance(activations, str) else list(activations)
     known = producers(graph).keys() | {i.name for i in graph.input}
+    tensors = []
     for name in requested:
-        if name not in known:
+        tensor = name if name in known else module_tensor(graph, name)
+        if tensor is None:
             raise OnnxcamError(f"unknown layer '{name}'; run `onnxcam layers MODEL` to list the candidates")
-    targets = [resolve_tensor(graph, name) for name in requested]
+        tensors.append(tensor)
+    targets = [resolve_tensor(graph, name) for name in tensors]
 
     _rename(graph, data_inputs[0].name, "input")
     if logits == data_inputs[0].name:
         raise OnnxcamError("the logits tensor is the model input")
     targets = ["input" if t == data_inputs[0].name else t for t in targets]
     info = TensorInfo(model)
-    info.probe(model, [logits, *targets])
+    _probe(model, info, [logits, *targets])
     logits_shape = info.shape(logits)
     if len(logits_shape) != 2 or logits_shape[1] is None:
         raise OnnxcamError(f"expected logits of shape [N, classes], got {list(logits_shape)} for '{logits}'")
@@ -175,11 +180,9 @@ def add_gradients(
     extra_nodes = [helper.make_node("Identity", [logits], ["logits"], name="onnxcam/logits")]
     if logits == "logits":  # already named: keep it, drop the Identity
         extra_nodes = []
-    suffix = len(targets) > 1
-    for i, t in enumerate(targets):
+    for t, names in zip(targets, target_output_names(len(targets))):
         grad = _backward(model, info, b, t, logits, seed)
         shape = ["N", *info.shape(t)[1:]]
-        names = (f"activations_{i}", f"gradients_{i}") if suffix else ("activations", "gradients")
         extra_nodes.append(helper.make_node("Identity", [t], [names[0]], name=f"onnxcam/{names[0]}"))
         extra_nodes.append(helper.make_node("Identity", [grad], [names[1]], name=f"onnxcam/{names[1]}"))
         outputs += [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shape) for n in names]
@@ -221,6 +224,19 @@ def _set_batch_dim(vi: onnx.ValueInfoProto) -> None:
         dims[0].dim_param = "N"
 
 
+def _probe(model: onnx.ModelProto, info: TensorInfo, names: list[str]) -> None:
+    """``info.probe``, with a dynamic image size reported at the first node whose output size it leaves open."""
+    try:
+        info.probe(model, names)
+    except DynamicSizeError as exc:
+        made_by = producers(model.graph)
+        open_sizes = [t for t in names if info.shapes.get(t) is None or None in info.shapes[t][1:]]
+        node = next((made_by[t] for t in open_sizes if t in made_by), None)
+        where = f"{node.op_type} node '{node.name}'" if node is not None else f"tensor '{open_sizes[0]}'"
+        raise OnnxcamError(f"{where} has a dynamic spatial size ({exc}); re-export the classifier with a fixed "
+                           "input size such as 3x224x224 (only the batch may be dynamic)") from None
+
+
 def path_nodes(model: onnx.ModelProto, info: TensorInfo, source: str, logits: str,
                ) -> tuple[list[onnx.NodeProto], set[str]]:
     """The nodes between ``source`` and ``logits`` (graph order) and the float tensors on those paths."""
@@ -237,7 +253,7 @@ def _backward(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, source:
               seed: str) -> str:
     """Emit the reverse pass from ``logits`` (seeded with ``seed``) to ``source``; return ∂/∂source."""
     nodes, on_path = path_nodes(model, info, source, logits)
-    info.probe(model, [t for n in nodes for t in [*n.input, *n.output] if t])
+    _probe(model, info, [t for n in nodes for t in [*n.input, *n.output] if t])
     missing = sorted({n.op_type for n in nodes} - RULES.keys())
     if missing:
         first = next(n for n in nodes if n.op_type == missing[0])

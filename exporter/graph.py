@@ -42,6 +42,14 @@ def set_ir_version(model: onnx.ModelProto) -> None:
     model.ir_version = max(needed, min(model.ir_version, MAX_IR_VERSION))
 
 
+class DynamicSizeError(OnnxcamError):
+    """The model's image input has a dynamic height or width, so spatial sizes cannot be learnt."""
+
+    def __init__(self, dims: list) -> None:
+        super().__init__(f"the image input has dynamic dimensions {dims}")
+        self.dims = dims
+
+
 class TensorInfo:
     """Element types, shapes and constant values of a model's tensors."""
 
@@ -137,8 +145,7 @@ class TensorInfo:
             for inp in sess.get_inputs():
                 dims = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(inp.shape)]
                 if any(not isinstance(d, int) for d in dims):
-                    raise OnnxcamError(f"input '{inp.name}' has dynamic non-batch dimensions {inp.shape}; "
-                                       "export the classifier with a fixed image size")
+                    raise DynamicSizeError(inp.shape)
                 feeds[inp.name] = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
             feeds_by_batch.append(feeds)
         r1, r2 = (dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in feeds_by_batch)

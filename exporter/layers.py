@@ -1,4 +1,4 @@
-"""Candidate target layers of a classifier: the 4-D feature maps on the path to the logits."""
+"""Candidate target layers of a classifier: the feature maps and token tensors on the path to the logits."""
 
 from __future__ import annotations
 
@@ -8,36 +8,49 @@ import onnx
 
 from onnxcam.runtime.metadata import read_metadata
 
-from .gradient_pass import ancestors, default_layer, producers, strip_gradients
+from .gradient_pass import ancestors, default_layer, path_nodes, producers, strip_gradients
 from .graph import TensorInfo
+from .rules import RULES
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One candidate: tensor name, producing op, shape (None = batch), default / current-target flags."""
+    """One candidate: tensor name, producing op, shape (None = batch), whether gradients flow from the logits
+    to it (``blocker`` says why not), and whether it is the default / an exported target."""
 
     name: str
     op: str
     shape: tuple[int | None, ...]
+    flows: bool
+    blocker: str
     default: bool
     target: bool
 
 
 def candidate_layers(model: onnx.ModelProto) -> list[LayerInfo]:
-    """Every 4-D float tensor with spatial size > 1 that feeds the logits, in graph order."""
+    """Every 4-D (spatial size > 1) or 3-D float tensor that feeds the logits, in graph order."""
     meta = read_metadata(model)
     forward = strip_gradients(model)
     graph = forward.graph
     logits = graph.output[0].name
     info = TensorInfo(forward)
     feeds_logits = ancestors(graph, logits)
-    default = default_layer(forward, logits)
+    try:
+        default = default_layer(forward, logits)
+    except Exception:  # noqa: BLE001 - no 4-D candidate: no default to mark
+        default = None
     made_by = producers(graph)
     out = []
     for node in graph.node:
         for name in node.output:
             shape = info.shapes.get(name)
-            if (name in feeds_logits and info.is_float(name) and shape and len(shape) == 4
-                    and None not in shape[2:] and shape[2] * shape[3] > 1 and made_by[name] is node):
-                out.append(LayerInfo(name, node.op_type, shape, name == default, name in meta.target_tensors))
+            if not (name in feeds_logits and info.is_float(name) and shape and made_by[name] is node):
+                continue
+            if not (len(shape) == 3 or (len(shape) == 4 and None not in shape[2:] and shape[2] * shape[3] > 1)):
+                continue
+            nodes, _ = path_nodes(forward, info, name, logits)
+            missing = [n for n in nodes if n.op_type not in RULES]
+            blocker = f"no rule for {missing[0].op_type} (node '{missing[0].name}')" if missing else ""
+            out.append(LayerInfo(name, node.op_type, shape, not missing, blocker, name == default,
+                                 name in meta.target_tensors))
     return out

@@ -11,6 +11,7 @@ import os
 import pathlib
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.metadata import IMAGENET_PREPROCESSING, CamMetadata, write_metadata
+from onnxcam.runtime.metadata import IMAGENET_PREPROCESSING, CamMetadata, target_output_names, write_metadata
 from onnxcam.runtime.version import __version__
 
 from .gradient_pass import add_gradients
@@ -46,10 +47,10 @@ def _layer(model: Any, name: str) -> Any:
                            f"one of: {tops}") from None
 
 
-def _capturing(model: Any, layer_name: str) -> Any:
-    """A module returning ``(logits, layer output)``; the hook hands downstream a clone (in-place safe)."""
+def _capturing(model: Any, layer_names: Sequence[str]) -> Any:
+    """A module returning ``(logits, *layer outputs)``; hooks hand downstream a clone (in-place safe)."""
     torch = _require_torch()
-    layer = _layer(model, layer_name)
+    layers = [_layer(model, name) for name in layer_names]
 
     class Capture(torch.nn.Module):
         def __init__(self) -> None:
@@ -57,46 +58,58 @@ def _capturing(model: Any, layer_name: str) -> Any:
             self.model = model
 
         def forward(self, x: Any) -> Any:
-            store = {}
+            store: dict[str, list] = {name: [] for name in layer_names}
 
-            def hook(_module: Any, _inputs: Any, output: Any) -> Any:
-                if not isinstance(output, torch.Tensor):
-                    raise OnnxcamError(f"layer '{layer_name}' returns {type(output).__name__}, not a tensor")
-                store["act"] = output
-                return output.clone()
+            def hook_for(name: str) -> Any:
+                def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+                    if not isinstance(output, torch.Tensor):
+                        raise OnnxcamError(f"layer '{name}' returns {type(output).__name__}, not a tensor")
+                    store[name].append(output)
+                    return output.clone()
 
-            handle = layer.register_forward_hook(hook)
+                return hook
+
+            handles = [layer.register_forward_hook(hook_for(name)) for name, layer in zip(layer_names, layers)]
             try:
                 logits = self.model(x)
             finally:
-                handle.remove()
-            if "act" not in store:
-                raise OnnxcamError(f"layer '{layer_name}' is not called in the model's forward pass")
-            return logits, store["act"]
+                for handle in handles:
+                    handle.remove()
+            for name, outputs in store.items():
+                if len(outputs) != 1:
+                    raise OnnxcamError(f"layer '{name}' runs {len(outputs)} times in the forward pass; pick a "
+                                       "module that runs exactly once")
+            return (logits, *(store[name][0] for name in layer_names))
 
     return Capture().eval()
 
 
-def torch_gradients(model: Any, layer_name: str, x: np.ndarray, class_index: np.ndarray | None = None,
-                    target: str = "logit", dtype: Any = None) -> dict[str, np.ndarray]:
-    """Reference: logits, activations and ∂score/∂activations from ``torch.autograd.grad``.
+def _names(layers: str | Sequence[str]) -> list[str]:
+    return [layers] if isinstance(layers, str) else list(layers)
 
-    ``class_index`` −1 (or None) picks the predicted class, as in the exported graph.
-    """
+
+def torch_gradients(model: Any, layers: str | Sequence[str], x: np.ndarray, class_index: np.ndarray | None = None,
+                    target: str = "logit", dtype: Any = None) -> dict[str, np.ndarray]:
+    """Reference: logits, activations and ∂score/∂activations from ``torch.autograd.grad``, keyed like the
+    exported graph's outputs. ``class_index`` −1 (or None) picks the predicted class, as the graph does."""
     torch = _require_torch()
     dtype = dtype or torch.float32
-    wrapped = _capturing(model, layer_name).to(dtype)
+    names = _names(layers)
+    wrapped = _capturing(model, names).to(dtype)
     xt = torch.as_tensor(x, dtype=dtype)
     with torch.enable_grad():
-        logits, act = wrapped(xt)
+        logits, *acts = wrapped(xt)
         ci = torch.as_tensor(np.full(len(x), -1) if class_index is None else class_index, dtype=torch.long)
         ci = torch.where(ci < 0, logits.argmax(1), ci)
         scores = torch.softmax(logits, 1) if target == "probability" else logits
         score = scores.gather(1, ci[:, None]).sum()
-        (grad,) = torch.autograd.grad(score, act)
+        grads = torch.autograd.grad(score, acts)
     model.float()
-    return {"logits": logits.detach().double().numpy(), "activations": act.detach().double().numpy(),
-            "gradients": grad.detach().double().numpy()}
+    out = {"logits": logits.detach().double().numpy()}
+    for (a_name, g_name), act, grad in zip(target_output_names(len(names)), acts, grads):
+        out[a_name] = act.detach().double().numpy()
+        out[g_name] = grad.detach().double().numpy()
+    return out
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -115,7 +128,7 @@ class Parity:
     flips: int
 
 
-def check_parity(model: Any, onnx_model: onnx.ModelProto, layer_name: str, inputs: list[np.ndarray],
+def check_parity(model: Any, onnx_model: onnx.ModelProto, layers: str | Sequence[str], inputs: list[np.ndarray],
                  target: str = "logit", tolerance: float = PARITY_TOLERANCE) -> Parity:
     """ORT (BASIC optimisation) against torch autograd, image by image, over the batches in ``inputs``.
 
@@ -133,7 +146,7 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layer_name: str, input
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = ["logits", "activations", "gradients"]
+    names = [o.name for o in sess.get_outputs()]
     worst, images, flips = 0.0, 0, 0
     for x in inputs:
         got = dict(zip(names, sess.run(names, {"input": x, "class_index": np.full(len(x), -1, np.int64)})))
@@ -141,7 +154,7 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layer_name: str, input
         ci = got["logits"].argmax(axis=1)
         errors = np.zeros(len(x))
         for dtype in (torch.float32, torch.float64):
-            ref = torch_gradients(model, layer_name, x, ci, target, dtype=dtype)
+            ref = torch_gradients(model, layers, x, ci, target, dtype=dtype)
             errors = np.array([max(relative_error(got[k][i], ref[k][i]) for k in names) for i in range(len(x))])
             if errors.max() <= tolerance:
                 break
@@ -152,10 +165,11 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layer_name: str, input
     return Parity(worst, images, flips)
 
 
-def _export(wrapped: Any, input_shape: tuple[int, int, int], opset: int | None, exporter: str) -> onnx.ModelProto:
-    """``wrapped`` (returning logits and the layer's output) as ONNX, batch axis dynamic, in memory."""
+def _export(wrapped: Any, targets: list[str], input_shape: tuple[int, int, int], opset: int | None,
+            exporter: str) -> onnx.ModelProto:
+    """``wrapped`` (returning logits and the layers' outputs, named ``targets``) as ONNX, batch axis dynamic."""
     torch = _require_torch()
-    names = {"input_names": ["input"], "output_names": ["logits", "onnxcam_target"]}
+    names = {"input_names": ["input"], "output_names": ["logits", *targets]}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
@@ -167,7 +181,7 @@ def _export(wrapped: Any, input_shape: tuple[int, int, int], opset: int | None, 
         buffer = io.BytesIO()
         torch.onnx.export(wrapped, (torch.zeros(1, *input_shape),), buffer, dynamo=False,
                           opset_version=opset or DEFAULT_OPSET, do_constant_folding=True,
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}, "onnxcam_target": {0: "N"}}, **names)
+                          dynamic_axes={name: {0: "N"} for name in ["input", "logits", *targets]}, **names)
         return onnx.load_from_string(buffer.getvalue())
 
 
@@ -175,7 +189,7 @@ def export_torch(
     model: Any,
     path: str | os.PathLike,
     *,
-    target_layer: str,
+    target_layer: str | Sequence[str],
     input_shape: tuple[int, int, int] = (3, 224, 224),
     preprocessing: dict | None = None,
     labels: list[str] | None = None,
@@ -199,7 +213,9 @@ def export_torch(
     model = model.eval().cpu()
     if exporter not in EXPORTERS:
         raise OnnxcamError(f"unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}")
-    exported = _export(_capturing(model, target_layer), input_shape, opset, exporter)
+    layer_names = _names(target_layer)
+    targets = [f"onnxcam_target_{i}" for i in range(len(layer_names))]
+    exported = _export(_capturing(model, layer_names), targets, input_shape, opset, exporter)
     exported.producer_name = "pytorch"
     exported.producer_version = torch.__version__
     write_metadata(exported, CamMetadata(
@@ -209,14 +225,14 @@ def export_torch(
         provenance={"exporter": f"onnxcam {__version__}", "source_framework": f"pytorch {torch.__version__}",
                     "torch_exporter": exporter, "model_class": type(model).__name__},
     ))
-    result = add_gradients(exported, activations="onnxcam_target", logits="logits", target=target,
-                           layer_names=[target_layer], layouts=layouts)
+    result = add_gradients(exported, activations=targets, logits="logits", target=target,
+                           layer_names=layer_names, layouts=layouts)
     num_classes = result.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if labels is not None and len(labels) != num_classes:
         raise OnnxcamError(f"{len(labels)} labels given for a model with {num_classes} classes")
     rng = np.random.default_rng(0)
     probes = [rng.standard_normal((2, *input_shape)).astype(np.float32) for _ in range(2)]
-    parity = check_parity(model, result, target_layer, probes, target)
+    parity = check_parity(model, result, layer_names, probes, target)
     if parity.error > PARITY_TOLERANCE:
         raise OnnxcamError(f"gradient check failed: ONNX Runtime differs from torch.autograd by a relative error "
                            f"of {parity.error:.2e} (> {PARITY_TOLERANCE:g}); nothing was written")

@@ -13,7 +13,7 @@ import onnx
 
 from .errors import OnnxcamError
 from .layout import to_nchw
-from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_metadata
+from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_metadata, target_output_names
 from .methods import check_options, finalise, get_method
 from .preprocess import as_rgb, load_image, model_view, normalise
 from .session import create_session
@@ -99,7 +99,7 @@ class Explainer:
             raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; export it with a fixed size")
         self.input_shape: tuple[int, int, int] = tuple(dims[1:])
         outputs = [o.name for o in self.session.get_outputs()]
-        self._pairs = [(a, a.replace("activations", "gradients")) for a in outputs if a.startswith("activations")]
+        self._pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
         self.num_classes = int(self.session.get_outputs()[0].shape[1])
         self.preprocessing: dict[str, Any] = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
 

@@ -71,6 +71,13 @@ def write_metadata(model: onnx.ModelProto, meta: CamMetadata) -> None:
             model.metadata_props.add(key=KEY_PREFIX + name, value=json.dumps(value))
 
 
+def target_output_names(count: int) -> list[tuple[str, str]]:
+    """The (activations, gradients) output names for ``count`` target layers: suffixed ``_i`` when several."""
+    if count == 1:
+        return [("activations", "gradients")]
+    return [(f"activations_{i}", f"gradients_{i}") for i in range(count)]
+
+
 def has_gradients(model: onnx.ModelProto) -> bool:
     """True when ``model`` already follows the onnxcam contract (outputs ``logits`` and ``gradients``)."""
     names = {o.name for o in model.graph.output}

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam.exporter import add_gradients
 from onnxcam.exporter import graph as graph_module
+from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
 
 RNG = np.random.default_rng(0)
 W_CONV = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)
@@ -91,3 +92,22 @@ def test_shape_inference_failure_falls_back_to_probing(monkeypatch):
     x = np.random.default_rng(3).standard_normal((3, 3, 8, 8)).astype(np.float32)
     logits, feat, grad = run(model, x, np.array([0, 1, 3]))
     np.testing.assert_allclose(grad[1], finite_difference(feat[1].astype(np.float64), 1), atol=1e-6)
+
+
+def test_dynamic_spatial_size_is_a_precise_error():
+    model = classifier(17)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    with pytest.raises(OnnxcamError, match=r"Conv node 'conv' has a dynamic spatial size .*fixed input size"):
+        add_gradients(model, activations="feat")
+
+
+def test_missing_rule_and_unreachable_layer_are_precise_errors():
+    model = classifier(17)
+    model.graph.node[1].op_type = "Softplus"  # relu → softplus: no rule
+    with pytest.raises(UnsupportedOpError, match=r"no gradient rule for op Softplus \(node 'relu'\).*pick a target"):
+        add_gradients(model, activations="feat")
+    side = classifier(17)
+    side.graph.node.append(helper.make_node("Relu", ["feat"], ["dead_end"], name="unused"))
+    with pytest.raises(OnnxcamError, match="layer 'dead_end' does not reach the logits; pick a layer before"):
+        add_gradients(side, activations="dead_end")
