@@ -67,6 +67,10 @@ class VJP:
         """``Where(cond, grad, 0)``."""
         return self.b.op("Where", cond, grad, self.zero())
 
+    def zeros_like(self, ref: str) -> str:
+        """float32 zeros of ``ref``'s run-time shape (ConstantOfShape's default value)."""
+        return self.b.op("ConstantOfShape", self.b.op("Shape", ref))
+
     def like(self, grad: str, ref: str) -> str:
         """``Reshape(grad, Shape(ref))``."""
         return self.b.op("Reshape", grad, self.b.op("Shape", ref))
@@ -165,8 +169,7 @@ def max_pool(v: VJP) -> Grads:
     b = v.b
     _, idx = b.op("MaxPool", v.x, outputs=2, **{k: a for k, a in v.attrs.items() if k != "storage_order"})
     flat = b.ints([-1])
-    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", v.x), flat),
-                 value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", v.x), flat))
     scattered = b.op("ScatterElements", zeros, b.op("Reshape", idx, flat), b.op("Reshape", v.g, flat),
                      axis=0, reduction="add")
     return [v.like(scattered, v.x)]
@@ -568,16 +571,14 @@ def gather(v: VJP) -> Grads:
         idx = b.op("Reshape", idx, b.ints([-1]))
     spread = b.op("Reshape", idx, b.ints([1] * axis + [-1] + [1] * (rank - axis - 1)))
     spread = b.op("Expand", b.op("Cast", spread, to=onnx.TensorProto.INT64), b.op("Shape", grad))
-    zeros = b.op("ConstantOfShape", b.op("Shape", v.x), value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
-    return [b.op("ScatterElements", zeros, spread, grad, axis=axis, reduction="add"), None]
+    return [b.op("ScatterElements", v.zeros_like(v.x), spread, grad, axis=axis, reduction="add"), None]
 
 
 @rule("Split")
 def split(v: VJP) -> Grads:
     """dx = Concat(g_i) along the split axis (zeros for outputs that carry no gradient)."""
     b = v.b
-    parts = [g if g is not None else b.op("ConstantOfShape", b.op("Shape", out))
-             for g, out in zip(v.grads, v.node.output)]
+    parts = [g if g is not None else v.zeros_like(out) for g, out in zip(v.grads, v.node.output)]
     return [b.op("Concat", *parts, axis=v.attrs.get("axis", 0))] + [None] * (len(v.node.input) - 1)
 
 
@@ -614,3 +615,17 @@ def instance_norm(v: VJP) -> Grads:
         raise v.fail("the scale or bias depends on the target layer")
     rank = len(v.shape(v.x))
     return [_normalise_back(v, list(range(2, rank)), [-1] + [1] * (rank - 2)), None, None]
+
+
+@rule("ScatterND")
+def scatter_nd(v: VJP) -> Grads:
+    """y = data with updates written at indices: d data = g with those positions zeroed, d updates = GatherND(g)."""
+    if v.attrs.get("reduction", "none") != "none":
+        raise v.fail("ScatterND with a reduction has no rule yet")
+    b, (_, indices, updates) = v.b, v.node.input
+    grads: Grads = [None, None, None]
+    if v.needs[0]:
+        grads[0] = b.op("ScatterND", v.g, indices, v.zeros_like(updates))
+    if v.needs[2]:
+        grads[2] = b.op("GatherND", v.g, indices)
+    return grads

@@ -88,12 +88,19 @@ BODIES = {
     "slice_steps_patch_merging": lambda: Lambda(lambda m, x: m.mix(torch.cat(
         [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, 3:7, 1:12:2, 1::2]], 1))
         + x[:, :, 2::3, 0:11:3].mean((2, 3), keepdim=True)).with_module("mix", nn.Conv2d(20, 8, 1)),
+    "scatternd_slice_assignment": lambda: Lambda(_assign_rows),
     "split_chunks": lambda: Lambda(lambda m, x: torch.cat(list(reversed(torch.split(x, [3, 5], dim=1))), 1)),
     "layernorm_channels_last": lambda: Lambda(lambda m, x: m.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
     .with_module("ln", nn.LayerNorm(8)),
     # a nonlinearity after the norm: the spatial mean of an instance-normalised map alone is constant
     "instancenorm_affine": lambda: nn.Sequential(nn.InstanceNorm2d(8, affine=True), nn.Tanh()),
 }
+
+
+def _assign_rows(m, x):
+    y = x * 1.5
+    y[:, 2:5, 3:7] = torch.sigmoid(x[:, 0:3, 1:5]) * 2.0  # index_put → ScatterND
+    return y
 
 
 def _net(name: str) -> nn.Module:
@@ -134,7 +141,8 @@ def test_export_op_coverage():
     wanted = {"Conv", "Relu", "Clip", "BatchNormalization", "Add", "Sub", "Mul", "Div", "ReduceMean", "Reshape",
               "Squeeze", "Unsqueeze", "Gemm", "MatMul", "MaxPool", "AveragePool", "Concat", "Sigmoid", "HardSigmoid",
               "HardSwish", "Transpose", "Tanh", "Exp", "Sqrt", "Pow", "Neg", "Erf", "LeakyRelu", "PRelu", "Softmax",
-              "Expand", "Where", "Pad", "Gather", "Split", "LayerNormalization", "InstanceNormalization", "Slice"}
+              "Expand", "Where", "Pad", "Gather", "Split", "LayerNormalization", "InstanceNormalization", "Slice",
+              "ScatterND"}
     assert wanted - seen == set()
 
 
