@@ -67,18 +67,13 @@ def test_parity(name, stage, tmp_path):
     assert parity.error <= 1e-4 and parity.images >= 4, parity
 
 
-@pytest.mark.parametrize(("name", "exporter", "opset"), [
-    ("resnet18", "dynamo", None),
-    ("mobilenet_v3_small", "dynamo", None),
-    ("efficientnet_b0", "dynamo", None),
-    ("convnext_tiny", "dynamo", None),
-    ("swin_t", "dynamo", None),
-    ("vit_b_16", "dynamo", None),
-    ("resnet18", "torchscript", 13),
-    ("mobilenet_v3_small", "torchscript", 13),
-    ("efficientnet_b0", "torchscript", 13),
-    ("vit_b_16", "torchscript", 14),  # torch cannot export ViT's attention below opset 14
-])
+DYNAMO = [(name, "dynamo", None) for name in sorted(CASES)]
+OLD_OPSETS = [("resnet18", "torchscript", 13), ("mobilenet_v3_small", "torchscript", 13),
+              ("efficientnet_b0", "torchscript", 13),
+              ("vit_b_16", "torchscript", 14)]  # torch cannot export ViT's attention below opset 14
+
+
+@pytest.mark.parametrize(("name", "exporter", "opset"), DYNAMO + OLD_OPSETS)
 def test_parity_through_both_exporters_and_old_opsets(name, exporter, opset, tmp_path):
     """The dynamo exporter (opset 18, as_strided gathers, ReduceMean axes as inputs) and old TorchScript
     opsets (converted to 17 where ScatterElements needs 16) give the same parity at the earlier stage."""
