@@ -42,10 +42,10 @@ def resolve_tensor(graph: onnx.GraphProto, name: str) -> str:
     return name
 
 
-def default_layer(model: onnx.ModelProto, logits: str | None = None) -> str:
+def default_layer(model: onnx.ModelProto, logits: str | None = None, info: TensorInfo | None = None) -> str:
     """The last 4-D float tensor with spatial size > 1 on the path to the logits."""
     graph = model.graph
-    info = TensorInfo(model)
+    info = info or TensorInfo(model)
     logits = logits or graph.output[0].name
     feeds_logits = ancestors(graph, logits)
     best = None
@@ -166,15 +166,7 @@ def add_gradients(
     num_classes = logits_shape[1]
 
     b = GraphBuilder()
-    class_index = "class_index"
-    predicted = b.op("ArgMax", logits, axis=1, keepdims=0)
-    chosen = b.op("Where", b.op("Less", class_index, b.const(0, np.int64)), predicted, class_index)
-    onehot = b.op("OneHot", chosen, b.const([num_classes], np.int64), b.const([0.0, 1.0]), axis=-1)
-    seed = onehot
-    if target == "probability":
-        p = b.op("Softmax", logits, axis=1)
-        pc = b.op("ReduceSum", b.op("Mul", p, onehot), b.ints([1]), keepdims=1)
-        seed = b.op("Mul", pc, b.op("Sub", onehot, p))
+    seed = _seed(b, logits, num_classes, target)
 
     outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])]
     extra_nodes = [helper.make_node("Identity", [logits], ["logits"], name="onnxcam/logits")]
@@ -189,7 +181,7 @@ def add_gradients(
 
     graph.node.extend(b.nodes + extra_nodes)
     graph.initializer.extend(b.initializers)
-    graph.input.append(helper.make_tensor_value_info(class_index, onnx.TensorProto.INT64, ["N"]))
+    graph.input.append(helper.make_tensor_value_info("class_index", onnx.TensorProto.INT64, ["N"]))
     _set_batch_dim(graph.input[0])
     del graph.output[:]
     graph.output.extend(outputs)
@@ -216,6 +208,19 @@ def add_gradients(
     except onnx.checker.ValidationError as exc:  # a bug in a rule, not a user error
         raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc
     return model
+
+
+def _seed(b: GraphBuilder, logits: str, num_classes: int, target: str) -> str:
+    """∂ score / ∂ logits: OneHot(c) for a logit, p_c·(OneHot(c) − p) for a softmax probability, where
+    c = class_index, or argmax(logits) where class_index < 0."""
+    predicted = b.op("ArgMax", logits, axis=1, keepdims=0)
+    chosen = b.op("Where", b.op("Less", "class_index", b.const(0, np.int64)), predicted, "class_index")
+    onehot = b.op("OneHot", chosen, b.const([num_classes], np.int64), b.const([0.0, 1.0]), axis=-1)
+    if target == "logit":
+        return onehot
+    p = b.op("Softmax", logits, axis=1)
+    pc = b.op("ReduceSum", b.op("Mul", p, onehot), b.ints([1]), keepdims=1)
+    return b.op("Mul", pc, b.op("Sub", onehot, p))
 
 
 def _set_batch_dim(vi: onnx.ValueInfoProto) -> None:

@@ -36,7 +36,7 @@ def candidate_layers(model: onnx.ModelProto) -> list[LayerInfo]:
     info = TensorInfo(forward)
     feeds_logits = ancestors(graph, logits)
     try:
-        default = default_layer(forward, logits)
+        default = default_layer(forward, logits, info)
     except Exception:  # noqa: BLE001 - no 4-D candidate: no default to mark
         default = None
     made_by = producers(graph)

@@ -211,3 +211,14 @@ def test_wrong_rule_is_caught_and_nothing_written(tmp_path, monkeypatch):
     with pytest.raises(OnnxcamError, match=r"gradient check failed: .* relative error of"):
         export_torch(net, target, target_layer="stem", input_shape=(3, 12, 12))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_probability_target(tmp_path):
+    """target="probability": the gradient of softmax(logits)[c], checked against torch by export_torch."""
+    net = _net("relu_relu6")
+    path = export_torch(net, tmp_path / "p.onnx", target_layer="stem", input_shape=(3, 12, 12), target="probability")
+    x = np.random.default_rng(4).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    parity = check_parity(net, onnx.load(path), "stem", [x], target="probability")
+    assert parity.error <= 1e-4 and parity.images == 2
+    logit_path = export_torch(net, tmp_path / "l.onnx", target_layer="stem", input_shape=(3, 12, 12))
+    assert check_parity(net, onnx.load(logit_path), "stem", [x], target="probability").error > 1e-2
