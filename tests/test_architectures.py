@@ -18,6 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from onnxcam.exporter import export_torch  # noqa: E402
 from onnxcam.exporter.torch_export import check_parity  # noqa: E402
+from onnxcam.runtime.metadata import read_metadata  # noqa: E402
 
 CASES = {  # model: (input size, last stage, earlier stage)
     "resnet18": (64, "layer4", "layer2"),
@@ -42,6 +43,11 @@ CASES = {  # model: (input size, last stage, earlier stage)
     "swin_t": (64, "features.7", "features.5"),
 }
 KWARGS = {"vit_b_16": {"image_size": 64}}  # ViT's position embedding fixes its input size
+LAST_LAYOUTS = {  # token and channels-last targets: how the runtime will turn them into [N, C, h, w]
+    ("vit_b_16", "last"): {"layout": "NTC", "grid": [4, 4], "prefix_tokens": 1},
+    ("swin_t", "last"): {"layout": "NHWC", "grid": [2, 2]},
+    ("resnet18", "last"): {"layout": "NCHW", "grid": [2, 2]},
+}
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -62,7 +68,10 @@ def test_parity(name, stage, tmp_path):
     path = export_torch(model, tmp_path / "m.onnx", target_layer=layer, input_shape=(3, size, size))
     rng = np.random.default_rng(5)
     inputs = [rng.standard_normal((batch, 3, size, size)).astype(np.float32) for batch in (2, 3)]
-    parity = check_parity(model, onnx.load(path), layer, inputs)
+    proto = onnx.load(path)
+    if (name, stage) in LAST_LAYOUTS:
+        assert read_metadata(proto).layouts == [LAST_LAYOUTS[name, stage]]
+    parity = check_parity(model, proto, layer, inputs)
     # at most one image of the five set aside as a float32 rounding flip at a ReLU kink (see check_parity)
     assert parity.error <= 1e-4 and parity.images >= 4, parity
 
