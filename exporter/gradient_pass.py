@@ -305,3 +305,35 @@ def strip_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.output[:]
     g.output.append(logits_vi)
     return out
+
+
+def head_model(model: onnx.ModelProto, target: str, logits: str) -> onnx.ModelProto:
+    """The part of ``model`` after tensor ``target``: a graph from ``target`` (its only input) to ``logits``.
+
+    Raises when the logits also depend on the image by a path that bypasses ``target``.
+    """
+    graph = model.graph
+    info = TensorInfo(model)
+    made_by = producers(graph)
+    image_inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    needed, stack = set(), [logits]
+    while stack:
+        t = stack.pop()
+        if t == target or t in needed:
+            continue
+        if t in image_inputs:
+            raise OnnxcamError(f"the logits depend on the image by a path that bypasses '{target}'; this method "
+                               "needs a layer that all information flows through")
+        needed.add(t)
+        if t in made_by:
+            stack.extend(i for i in made_by[t].input if i)
+    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
+    used = {i for n in nodes for i in n.input}
+    shape = ["N", *info.shape(target)[1:]]
+    head = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None)],
+        [i for i in graph.initializer if i.name in used])
+    out = helper.make_model(head, opset_imports=list(model.opset_import))
+    set_ir_version(out)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from .errors import OnnxcamError
 from .layout import to_nchw
 from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_metadata, target_output_names
 from .methods import check_options, finalise, get_method
+from .methods.context import CAMContext
 from .preprocess import as_rgb, load_image, model_view, normalise
 from .session import create_session
 
@@ -77,19 +79,22 @@ class Explainer:
     """Explain a classifier with CAMs on ONNX Runtime.
 
     ``model`` is an onnxcam graph or any ONNX classifier (augmented in memory with ``add_gradients``).
-    ``layer`` re-targets the gradients to another tensor (or a layer name recorded in the metadata).
+    ``layer`` re-targets the gradients to other tensor(s) or torch module name(s); ``batch_size`` bounds the
+    images per ORT run in the extra passes of Score-CAM and Ablation-CAM.
     ``providers``: "auto", "cuda", "cpu" or an ORT providers list; ``session_options`` an ORT SessionOptions.
     """
 
-    def __init__(self, model: ModelSource, *, providers: str | Sequence[Any] = "auto", layer: str | None = None,
-                 session_options: Any = None) -> None:
+    def __init__(self, model: ModelSource, *, providers: str | Sequence[Any] = "auto",
+                 layer: str | Sequence[str] | None = None, session_options: Any = None, batch_size: int = 32) -> None:
         proto = load_model(model)
         meta = read_metadata(proto)
-        known = set(meta.target_layers) | set(meta.target_tensors)
-        if not has_gradients(proto) or (layer is not None and layer not in known):
+        layers = [layer] if isinstance(layer, str) else list(layer or [])
+        same = layers in (meta.target_layers, meta.target_tensors) or (
+            len(layers) == len(meta.target_layers) == 1 and layers[0] in meta.target_tensors)
+        if not has_gradients(proto) or (layers and not same):
             from onnxcam.exporter.gradient_pass import add_gradients  # onnx only, never torch
 
-            proto = add_gradients(proto, activations=layer, target=meta.target)
+            proto = add_gradients(proto, activations=layers or None, target=meta.target)
             meta = read_metadata(proto)
         self.model = proto
         self.metadata: CamMetadata = meta
@@ -102,6 +107,10 @@ class Explainer:
         self._pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
         self.num_classes = int(self.session.get_outputs()[0].shape[1])
         self.preprocessing: dict[str, Any] = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
+        self._layouts = meta.layouts or [{"layout": "NCHW"}] * len(self._pairs)
+        self.batch_size = batch_size
+        self._forward_session: Any = None
+        self._head_sessions: dict[int, Any] = {}
 
     @property
     def providers(self) -> list[str]:
@@ -158,32 +167,109 @@ class Explainer:
         outputs = self.session.run(None, {"input": batch, "class_index": index})
         return dict(zip([o.name for o in self.session.get_outputs()], outputs))
 
+    def scores(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """The logit of ``class_index`` for each image of a preprocessed batch (forward pass only, batched)."""
+        if self._forward_session is None:
+            from onnxcam.exporter.gradient_pass import strip_gradients
+
+            self._forward_session = self._sub_session(strip_gradients(self.model))
+        out = np.empty(len(batch), np.float32)
+        for start in range(0, len(batch), self.batch_size):
+            chunk = np.ascontiguousarray(batch[start:start + self.batch_size], dtype=np.float32)
+            logits = self._forward_session.run(None, {self._forward_session.get_inputs()[0].name: chunk})[0]
+            out[start:start + len(chunk)] = logits[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
+        return out
+
+    def head_scores(self, layer: int, activations: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """The logit of ``class_index`` computed from target layer ``layer``'s ``[M,C,h,w]`` activations by the
+        part of the model after that layer only (the head subgraph), batched."""
+        layout = self._layouts[layer]
+        if layout.get("layout", "NCHW") == "NTC":
+            raise OnnxcamError("this method needs the head after the layer, which is not supported for token layers "
+                               "yet; use a gradient-based method")
+        if layer not in self._head_sessions:
+            from onnxcam.exporter.gradient_pass import head_model, strip_gradients
+
+            forward = strip_gradients(self.model)
+            head = head_model(forward, self.metadata.target_tensors[layer], forward.graph.output[0].name)
+            self._head_sessions[layer] = self._sub_session(head)
+        session = self._head_sessions[layer]
+        raw = activations if layout.get("layout", "NCHW") == "NCHW" else activations.transpose(0, 2, 3, 1)
+        out = np.empty(len(raw), np.float32)
+        for start in range(0, len(raw), self.batch_size):
+            chunk = np.ascontiguousarray(raw[start:start + self.batch_size], dtype=np.float32)
+            logits = session.run(None, {session.get_inputs()[0].name: chunk})[0]
+            out[start:start + len(chunk)] = logits[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
+        return out
+
+    def _sub_session(self, model: onnx.ModelProto) -> Any:
+        from onnxcam.exporter.graph import set_ir_version
+
+        set_ir_version(model)
+        return create_session(model.SerializeToString(), self.providers)
+
     def _class_indices(self, class_index: Any, n: int) -> np.ndarray:
         if class_index is None:
             return np.full(n, -1, np.int64)
         if isinstance(class_index, int | str | np.integer):
             return np.full(n, self.class_index_of(class_index), np.int64)
-        values = [self.class_index_of(c) for c in class_index]
-        if len(values) != n:
-            raise OnnxcamError(f"{len(values)} class indices given for {n} images")
-        return np.asarray(values, np.int64)
+        rows = np.asarray(class_index, dtype=object)
+        values = np.vectorize(self.class_index_of, otypes=[np.int64])(rows) if rows.size else rows.astype(np.int64)
+        if len(values) != n or values.ndim > 2:
+            raise OnnxcamError(f"class indices of shape {list(values.shape)} given for {n} images; use [N] or [N, K]")
+        return values
 
     def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str = "cfcam",
                 class_index: Any = None, **method_options: Any) -> Explanation:
-        """CAMs of ``method`` for ``images``; ``class_index`` None/−1 explains the predicted class."""
+        """CAMs of ``method`` for ``images``.
+
+        ``class_index``: None/−1 explains the predicted class; an int or label the same class for every image;
+        ``[N]`` one class per image; ``[N, K]`` K classes per image, giving ``cams`` of shape ``[N, K, H, W]``.
+        With several target layers, each layer's map is upsampled and scaled to [0, 1], the maps are averaged,
+        and the average is divided by its maximum.
+        """
         spec = get_method(method)
         check_options(spec, method_options)
         batch, views = self.preprocess(images)
-        out = self.forward(batch, class_index)
-        logits = out["logits"]
-        layouts = self.metadata.layouts or [{"layout": "NCHW"}] * len(self._pairs)
-        maps = [spec.compute(to_nchw(out[a], lay), to_nchw(out[g], lay), **method_options)
-                for (a, g), lay in zip(self._pairs, layouts)]
-        # several target layers: each map is upsampled and scaled, then they are averaged
-        cams = np.mean([finalise(m, self.input_shape[1:], spec.normalise) for m in maps], axis=0)
-        chosen = self._class_indices(class_index, len(batch))
-        chosen = np.where(chosen < 0, logits.argmax(axis=1), chosen)
-        names = [self.labels[c] for c in chosen] if self.labels else None
+        index = self._class_indices(class_index, len(batch))
+        per_image = index.shape[1] if index.ndim == 2 else 1
+        flat_batch = np.repeat(batch, per_image, axis=0) if index.ndim == 2 else batch
+        flat_index = index.reshape(-1)
+        out = self.forward(flat_batch, flat_index)
+        chosen = np.where(flat_index < 0, out["logits"].argmax(axis=1), flat_index)
+        maps = []
+        for layer, ((a, g), layout) in enumerate(zip(self._pairs, self._layouts)):
+            acts, grads = to_nchw(out[a], layout), to_nchw(out[g], layout)
+            if spec.uses_model:
+                ctx = CAMContext(acts, grads, flat_batch, chosen, self.scores,
+                                 functools.partial(self._layer_gradients, layer),
+                                 functools.partial(self.head_scores, layer), self.batch_size)
+                raw = spec.compute(ctx, **method_options)
+            else:
+                raw = spec.compute(acts, grads, **method_options)
+            maps.append(finalise(raw, self.input_shape[1:], spec.normalise))
+        cams = maps[0] if len(maps) == 1 else _fuse(maps)
+        logits = out["logits"][::per_image]
+        if index.ndim == 2:
+            cams = cams.reshape(len(batch), per_image, *cams.shape[1:])
+            chosen = chosen.reshape(len(batch), per_image)
+        names = None
+        if self.labels:
+            names = [self.labels[c] for c in chosen] if chosen.ndim == 1 else [[self.labels[c] for c in row]
+                                                                                 for row in chosen]
         return Explanation(cams=cams, class_index=chosen, logits=logits, probabilities=softmax(logits),
                            method=method, providers=self.providers, labels=names, images=views,
                            options=dict(method_options))
+
+    def _layer_gradients(self, layer: int, batch: np.ndarray, class_index: np.ndarray,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        out = self.forward(batch, class_index)
+        a, g = self._pairs[layer]
+        return to_nchw(out[a], self._layouts[layer]), to_nchw(out[g], self._layouts[layer])
+
+
+def _fuse(maps: list[np.ndarray]) -> np.ndarray:
+    """Several layers' [0, 1] maps → their mean, divided by its maximum (per image)."""
+    mean = np.mean(maps, axis=0)
+    peak = mean.reshape(len(mean), -1).max(axis=1)[:, None, None]
+    return np.where(peak > 0, mean / np.where(peak > 0, peak, 1), mean).astype(np.float32)

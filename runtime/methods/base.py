@@ -1,8 +1,9 @@
 """Registry of CAM methods and the post-processing they share (upsampling, scaling to [0, 1]).
 
 A method is a function ``compute(activations [N,C,h,w], gradients [N,C,h,w], **options) -> maps [N,h,w]``
-that returns ReLU'd maps at feature resolution; :func:`finalise` upsamples them to the input size and
-scales each one to [0, 1]. Adding a method means one module that decorates its compute function with
+that returns ReLU'd maps at feature resolution (methods that need extra passes through the model register
+with ``uses_model=True`` and receive a ``context.CAMContext`` instead); :func:`finalise` upsamples them to
+the input size and scales each one to [0, 1]. Adding a method means one module that decorates its compute function with
 :func:`register`, plus one import line in ``methods/__init__.py``.
 """
 
@@ -37,6 +38,7 @@ class CAMMethod:
     normalise: Normalise
     options: tuple[str, ...]
     description: str
+    uses_model: bool = False
 
 
 METHODS: dict[str, CAMMethod] = {}
@@ -48,6 +50,7 @@ def register(
     normalise: Normalise = "minmax",
     options: tuple[str, ...] = (),
     description: str = "",
+    uses_model: bool = False,
 ) -> Callable[[ComputeFn], ComputeFn]:
     """Decorator: register a compute function under ``name`` in :data:`METHODS`; returns it unchanged."""
     if normalise not in NORMALISERS:
@@ -62,6 +65,7 @@ def register(
             normalise=normalise,
             options=tuple(options),
             description=description,
+            uses_model=uses_model,
         )
         return compute
 

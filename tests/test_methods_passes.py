@@ -1,0 +1,87 @@
+"""Methods with extra passes through the model: Score-CAM and Ablation-CAM, by hand and against
+pytorch-grad-cam 1.5.7; and several classes per image in one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxcam.runtime.methods import METHODS
+from onnxcam.runtime.methods.context import CAMContext
+
+A = np.array([[[[1.0, 0.0], [0.0, 3.0]], [[2.0, 2.0], [0.0, 0.0]]]], np.float32)  # [1, 2, 2, 2]
+X = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)  # a one-channel 2×2 "image"
+
+
+def context(scores=None, head=None) -> CAMContext:
+    return CAMContext(A, np.zeros_like(A), X, np.array([0]), scores, None, head, batch_size=1)
+
+
+def test_scorecam_by_hand():
+    calls = []
+
+    def total(batch, cls):  # score = sum of the masked image
+        calls.append(len(batch))
+        return batch.sum(axis=(1, 2, 3))
+
+    # masks (same size, so no upsampling): minmax(A_0) = [[1/3, 0], [0, 1]], minmax(A_1) = [[1, 1], [0, 0]]
+    s0 = 1 / 3 * 1 + 4 * 1.0  # 4.3333
+    s1 = 1 + 2  # 3
+    w0, w1 = np.exp(s0) / (np.exp(s0) + np.exp(s1)), np.exp(s1) / (np.exp(s0) + np.exp(s1))
+    expected = np.maximum(w0 * A[0, 0] + w1 * A[0, 1], 0)
+    got = METHODS["scorecam"].compute(context(scores=total))
+    np.testing.assert_allclose(got[0], expected, rtol=1e-4)
+    assert calls == [1, 1]  # batch_size=1: one masked image per pass
+
+
+def test_ablationcam_by_hand():
+    def head(acts, cls):  # score = 2·Σ A_0 + Σ A_1 + 1
+        return 2 * acts[:, 0].sum(axis=(1, 2)) + acts[:, 1].sum(axis=(1, 2)) + 1
+
+    y = 2 * 4 + 4 + 1  # 13
+    w0, w1 = (y - (4 + 1)) / y, (y - (8 + 1)) / y  # channel 0 zeroed → 5, channel 1 zeroed → 9
+    expected = np.maximum(w0 * A[0, 0] + w1 * A[0, 1], 0)
+    np.testing.assert_allclose(METHODS["ablationcam"].compute(context(head=head))[0], expected, rtol=1e-6)
+
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+grad_cam = pytest.importorskip("pytorch_grad_cam")
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    from onnxcam.exporter import export_torch
+    from onnxcam.runtime import Explainer
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    path = export_torch(model, tmp_path_factory.mktemp("r") / "r18.onnx", target_layer="layer4",
+                        input_shape=(3, 64, 64))
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    return model, Explainer(path, providers="cpu", batch_size=64), x
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("scorecam", "ScoreCAM"), ("ablationcam", "AblationCAM")])
+def test_matches_pytorch_grad_cam(resnet, ours, theirs):
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, explainer, x = resnet
+    classes = [3, 7]
+    cam = getattr(grad_cam, theirs)(model=model, target_layers=[model.layer4])
+    cam.batch_size = 64
+    reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(c) for c in classes])
+    got = explainer.explain(x, method=ours, class_index=classes).cams
+    for a, b in zip(got, reference):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
+
+
+def test_several_classes_per_image_equal_single_calls(resnet):
+    _, explainer, x = resnet
+    classes = np.array([[1, 5, 9], [3, 3, 0]])
+    for method in ("gradcam", "cfcam", "scorecam"):
+        many = explainer.explain(x, method=method, class_index=classes)
+        assert many.cams.shape == (2, 3, 64, 64) and many.class_index.tolist() == classes.tolist()
+        for k in range(3):
+            single = explainer.explain(x, method=method, class_index=classes[:, k])
+            np.testing.assert_allclose(many.cams[:, k], single.cams, atol=1e-5)
