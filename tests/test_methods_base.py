@@ -31,7 +31,8 @@ def test_builtin_methods_are_registered() -> None:
 def test_get_method_unknown_name() -> None:
     with pytest.raises(OnnxcamError) as info:
         get_method("x")
-    assert str(info.value) == "unknown method 'x'; choose one of: cfcam, gradcam"
+    assert str(info.value) == "unknown method 'x'; choose one of: " + ", ".join(sorted(METHODS))
+    assert {"cfcam", "gradcam"} <= set(METHODS)
 
 
 def test_check_options_accepts_known_and_rejects_unknown() -> None:

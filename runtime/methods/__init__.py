@@ -1,6 +1,19 @@
 """CAM methods: numpy in, numpy out. Importing this package registers every method in METHODS."""
 
-from . import base, cfcam, gradcam  # noqa: F401  (importing a method module registers it)
+# importing a method module registers it
+from . import (  # noqa: F401
+    ablationcam,
+    base,
+    cfcam,
+    eigencam,
+    gradcam,
+    gradcampp,
+    hirescam,
+    layercam,
+    normgrad,
+    scorecam,
+    xgradcam,
+)
 from .base import METHODS, CAMMethod, check_options, finalise, get_method, register
 
 __all__ = ["CAMMethod", "METHODS", "register", "get_method", "check_options", "finalise"]
