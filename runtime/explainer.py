@@ -167,8 +167,9 @@ class Explainer:
         outputs = self.session.run(None, {"input": batch, "class_index": index})
         return dict(zip([o.name for o in self.session.get_outputs()], outputs))
 
-    def scores(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
-        """The logit of ``class_index`` for each image of a preprocessed batch (forward pass only, batched)."""
+    def scores(self, batch: np.ndarray, class_index: np.ndarray, *, probability: bool = False) -> np.ndarray:
+        """The logit (or softmax probability) of ``class_index`` for each image of a preprocessed batch,
+        from forward passes only, ``batch_size`` images at a time."""
         if self._forward_session is None:
             from onnxcam.exporter.gradient_pass import strip_gradients
 
@@ -177,8 +178,13 @@ class Explainer:
         for start in range(0, len(batch), self.batch_size):
             chunk = np.ascontiguousarray(batch[start:start + self.batch_size], dtype=np.float32)
             logits = self._forward_session.run(None, {self._forward_session.get_inputs()[0].name: chunk})[0]
-            out[start:start + len(chunk)] = logits[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
+            values = softmax(logits) if probability else logits
+            out[start:start + len(chunk)] = values[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
         return out
+
+    def probabilities(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """Softmax probability of ``class_index`` per image (the scorer the metrics use)."""
+        return self.scores(batch, class_index, probability=True)
 
     def head_scores(self, layer: int, activations: np.ndarray, class_index: np.ndarray) -> np.ndarray:
         """The logit of ``class_index`` computed from target layer ``layer``'s ``[M,C,h,w]`` activations by the
