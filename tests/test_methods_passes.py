@@ -44,6 +44,28 @@ def test_ablationcam_by_hand():
     np.testing.assert_allclose(METHODS["ablationcam"].compute(context(head=head))[0], expected, rtol=1e-6)
 
 
+def test_smoothgradcampp_averages_gradcampp_weights_over_noisy_passes():
+    """Hand-made model: the gradients at x + noise are A·(1 + mean(noise)), so the weights are checkable."""
+    from onnxcam.runtime.methods.gradcampp import gradcampp_weights
+
+    seen = []
+
+    def gradients_at(batch, cls):
+        seen.append(batch.copy())
+        shift = (batch - X).mean(axis=(1, 2, 3))[:, None, None, None]
+        return np.repeat(A, len(batch), axis=0), np.repeat(A, len(batch), axis=0) * (1 + shift) * 0.01
+
+    ctx = CAMContext(A, np.zeros_like(A), X, np.array([0]), None, gradients_at, None, batch_size=2)
+    got = METHODS["smoothgradcampp"].compute(ctx, samples=3, sigma=0.5, seed=1)
+    noisy = np.concatenate(seen)
+    assert len(noisy) == 3 and [len(b) for b in seen] == [2, 1]  # batched, 3 samples in all
+    assert abs(float((noisy - X).std()) - 0.5) < 0.3 and not np.allclose(noisy[0], noisy[1])
+    shifts = (noisy - X).mean(axis=(1, 2, 3))
+    weights = np.mean([gradcampp_weights(A, A * (1 + s) * 0.01)[0] for s in shifts], axis=0)
+    expected = np.maximum(np.tensordot(weights, A[0], axes=1), 0)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
+
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 grad_cam = pytest.importorskip("pytorch_grad_cam")

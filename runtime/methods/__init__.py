@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     layercam,
     normgrad,
     scorecam,
+    smoothgradcampp,
     xgradcam,
 )
 from .base import METHODS, CAMMethod, check_options, finalise, get_method, register

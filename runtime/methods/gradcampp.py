@@ -32,13 +32,19 @@ def gradcampp(activations: np.ndarray, gradients: np.ndarray, eps: float = EPS) 
         raise OnnxcamError(f"gradcampp option eps must be a finite number >= 0, got {eps!r}")
     a, g = check_pair(activations, gradients)
     n, c, h, w = a.shape
-    a64 = a.reshape(n, c, h * w).astype(np.float64)
-    g64 = g.reshape(n, c, h * w).astype(np.float64)
+    weights = gradcampp_weights(a, g, eps)
+    cams = np.einsum("nc,ncz->nz", weights, a.reshape(n, c, h * w).astype(np.float64))
+    return np.maximum(cams, 0.0).reshape(n, h, w).astype(np.float32)
+
+
+def gradcampp_weights(activations: np.ndarray, gradients: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """Grad-CAM++ channel weights ``[N, C]`` (float64): w_c = Σ_ij α_c,ij·ReLU(G_c,ij), α as in :func:`gradcampp`."""
+    n, c, h, w = activations.shape
+    a64 = activations.reshape(n, c, h * w).astype(np.float64)
+    g64 = gradients.reshape(n, c, h * w).astype(np.float64)
     sums = a64.sum(axis=2, keepdims=True)  # [N, C, 1]
     g2 = g64 * g64
     denominator = 2.0 * g2 + sums * g2 * g64 + float(eps)
     valid = (g64 != 0.0) & (denominator != 0.0)
     alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=valid)
-    weights = (alpha * np.maximum(g64, 0.0)).sum(axis=2)  # [N, C]
-    cams = np.einsum("nc,ncz->nz", weights, a64)
-    return np.maximum(cams, 0.0).reshape(n, h, w).astype(np.float32)
+    return (alpha * np.maximum(g64, 0.0)).sum(axis=2)
