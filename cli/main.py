@@ -52,12 +52,13 @@ def _method_help() -> str:
 @click.option("--method", default="cfcam", show_default=True, help=_method_help())
 @click.option("--class", "class_spec", default=None, help="Class to explain: index or label name (default: predicted).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--layer", default=None, help="Target layer (tensor name, or the layer recorded at export).")
+@click.option("--layer", "layers", multiple=True,
+              help="Target layer: tensor or torch module name; repeat to fuse several layers' maps.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per ORT run.")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
 def explain(model: str, images: tuple[str, ...], output: str, method: str, class_spec: str | None, device: str,
-            layer: str | None, batch_size: int, alpha: float, colormap: str) -> None:
+            layers: tuple[str, ...], batch_size: int, alpha: float, colormap: str) -> None:
     """Explain MODEL's decision on each IMAGE: writes <stem>.<method>.png (overlay), <stem>.<method>.npy (the
     map, [H,W] float32 in [0,1]) and manifest.json into the output folder."""
     from onnxcam.runtime import Explainer
@@ -69,7 +70,7 @@ def explain(model: str, images: tuple[str, ...], output: str, method: str, class
     heatmap(np.zeros((1, 1), np.float32), colormap)  # validates the colormap before any work
     for path in images:
         load_image(path)  # every image is checked before the model is loaded
-    explainer = Explainer(model, providers=device, layer=layer)
+    explainer = Explainer(model, providers=device, layer=list(layers) or None)
     class_index = None if class_spec is None else explainer.class_index_of(class_spec)
     writer = OutputWriter(pathlib.Path(output))
     records = []
@@ -106,6 +107,89 @@ def explain(model: str, images: tuple[str, ...], output: str, method: str, class
     writer.add("manifest.json", manifest)
     writer.commit()
     click.echo(f"wrote {len(records)} overlays, maps and manifest.json to {writer.folder}")
+
+
+@main.command()
+@click.argument("model", type=str)
+@click.argument("images", nargs=-1, required=True, type=str)
+@click.option("--method", "methods", default="gradcam,cfcam", show_default=True,
+              help="Comma-separated CAM methods to compare.")
+@click.option("--boxes", "boxes_file", default=None,
+              help="JSON with a box (x0, y0, x1, y1 in model-input pixels) per image, for pointing game and energy.")
+@click.option("-o", "--output", default="onnxcam-eval", show_default=True, help="Folder for table, CSV and figure.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--layer", "layers", multiple=True, help="Target layer (repeat to fuse several).")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(2), help="Deletion/insertion steps.")
+@click.option("--no-road", is_flag=True, help="Skip ROAD (its imputation is the slowest metric).")
+def evaluate(model: str, images: tuple[str, ...], methods: str, boxes_file: str | None, output: str, device: str,
+             layers: tuple[str, ...], steps: int, no_road: bool) -> None:
+    """Compare CAM methods on MODEL and IMAGEs: deletion/insertion AUC, Average Drop, Increase in Confidence,
+    ROAD, gradient-noise robustness, pointing game and energy in box (with --boxes), and time per image.
+    Writes evaluation.md, evaluation.csv and evaluation.png (overlays and curves) into the output folder."""
+    from onnxcam.runtime import Explainer
+    from onnxcam.runtime.evaluation import evaluate as run_evaluation
+    from onnxcam.runtime.figures import evaluation_figure
+    from onnxcam.runtime.methods import get_method
+    from onnxcam.runtime.preprocess import load_image
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        get_method(name)
+    for path in images:
+        load_image(path)
+    boxes = _read_boxes(boxes_file, images) if boxes_file else None
+    explainer = Explainer(model, providers=device, layer=list(layers) or None)
+    writer = OutputWriter(pathlib.Path(output))
+    result = run_evaluation(explainer, list(images), names, boxes=boxes, steps=steps, road=not no_road,
+                            progress=lambda name: click.echo(f"evaluating {name} on {len(images)} images ...",
+                                                             err=True))
+    table = result.table()
+    columns = [c for c in ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "road_morf",
+                           "road_lerf", "noise_ssim", "pointing_game", "energy_in_box", "ms_per_image")
+               if any(c in row for row in table)]
+    markdown = _markdown(table, columns)
+    click.echo(markdown)
+    csv = ",".join(["method", *columns]) + "\n" + "".join(
+        ",".join([row["method"], *(f"{row[c]:.6g}" if c in row else "" for c in columns)]) + "\n" for row in table)
+    writer.add_bytes("evaluation.csv", csv.encode())
+    writer.add_bytes("evaluation.md", (markdown + "\n").encode())
+    writer.add("evaluation.png", evaluation_figure(result))
+    writer.commit()
+    click.echo(f"wrote evaluation.md, evaluation.csv and evaluation.png to {writer.folder}", err=True)
+
+
+def _markdown(table: list[dict], columns: list[str]) -> str:
+    """A markdown table; ↓ marks metrics where lower is better."""
+    from onnxcam.runtime.evaluation import METRICS
+
+    head = ["method", *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [row["method"], *(f"{row[c]:.3f}" if c in row else "–" for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _read_boxes(path: str, images: tuple[str, ...]) -> np.ndarray:
+    """Boxes from JSON: ``{"images": [{"file": name, "box": [x0, y0, x1, y1]}, ...]}`` or ``{name: box}``."""
+    import json
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise OnnxcamError(f"boxes file '{p}' does not exist; check the path")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise OnnxcamError(f"boxes file '{p}' is not JSON; give {{\"image name\": [x0, y0, x1, y1], ...}}") from None
+    if isinstance(data, dict) and "images" in data:
+        data = {entry["file"]: entry["box"] for entry in data["images"]}
+    boxes = []
+    for image in images:
+        name = pathlib.Path(image).name
+        if name not in data:
+            raise OnnxcamError(f"boxes file '{p}' has no box for '{name}'; add one or leave out --boxes")
+        boxes.append(data[name])
+    return np.asarray(boxes, dtype=np.int64)
 
 
 @main.command()

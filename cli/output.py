@@ -43,6 +43,10 @@ class OutputWriter:
         else:
             self.files[name] = json.dumps(value, indent=2).encode()
 
+    def add_bytes(self, name: str, data: bytes) -> None:
+        """Queue raw bytes under ``name``."""
+        self.files[name] = data
+
     def commit(self) -> None:
         """Write every queued file (temporary names first, then renames); on failure remove what was written."""
         written: list[pathlib.Path] = []

@@ -133,3 +133,32 @@ def test_export_bad_inputs(tmp_path):
         assert result.exit_code != 0 and expected in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_evaluate_writes_table_csv_and_figure(tmp_path):
+    from tests.conftest import SHAPES_MODEL
+
+    images = sorted((SHAPES_MODEL.parent / "images").glob("*.png"))[:3]
+    out = tmp_path / "eval"
+    result = run("evaluate", SHAPES_MODEL, *images, "--method", "gradcam,cfcam,ablationcam", "--boxes",
+                 SHAPES_MODEL.parent / "images" / "boxes.json", "-o", out, "--steps", "8")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.csv", "evaluation.md", "evaluation.png"]
+    csv = (out / "evaluation.csv").read_text().splitlines()
+    assert csv[0].startswith("method,deletion_auc,insertion_auc,average_drop") and "pointing_game" in csv[0]
+    assert [line.split(",")[0] for line in csv[1:]] == ["gradcam", "cfcam", "ablationcam"]
+    assert "| gradcam |" in (out / "evaluation.md").read_text()
+
+
+def test_evaluate_bad_boxes_and_methods(tmp_path):
+    from tests.conftest import SHAPES_MODEL
+
+    image = sorted((SHAPES_MODEL.parent / "images").glob("*.png"))[0]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text('{"other.png": [0, 0, 4, 4]}')
+    for expected, args in {
+        "has no box for": ("--boxes", boxes),
+        "unknown method 'gradkam'": ("--method", "gradcam,gradkam"),
+    }.items():
+        message = _bad(tmp_path, "evaluate", SHAPES_MODEL, image, *args)
+        assert expected in message
