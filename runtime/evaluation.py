@@ -54,17 +54,23 @@ class Evaluation:
         return [{"method": name, **result.metrics} for name, result in self.methods.items()]
 
 
-def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], methods: Sequence[str], *,
+MethodSpec = str | tuple[str, str, dict[str, Any]]
+
+
+def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], methods: Sequence[MethodSpec], *,
              boxes: np.ndarray | None = None, class_index: Any = None, steps: int = 50,
              noise_sigmas: Sequence[float] = (0.1, 0.2, 0.5, 1.0), road: bool = True,
              progress: Any = None) -> Evaluation:
     """Every metric of DESIGN.md §6 for every method, on ``images`` (boxes ``[N,4]`` in model-input pixels).
 
+    ``methods`` holds method names, or ``(label, name, options)`` for variants (e.g. CF-CAM's filters).
+
     Faithfulness uses the softmax probability of the explained class (predicted unless ``class_index``);
     gradient-noise robustness is measured for methods that weight by gradients (Eigen-CAM, Score-CAM and
     Ablation-CAM do not use them). ``ms_per_image`` is the wall time of ``explain`` divided by N.
     """
-    for name in methods:
+    variants = [(m, m, {}) if isinstance(m, str) else m for m in methods]
+    for _, name, _ in variants:
         get_method(name)
     batch, views = explainer.preprocess(images)
     requested = explainer._class_indices(class_index, len(batch))
@@ -76,12 +82,12 @@ def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], me
     def scorer(x: np.ndarray, cls: np.ndarray) -> np.ndarray:
         return explainer.probabilities(x, cls)
 
-    for name in methods:
+    for label, name, options in variants:
         if progress:
-            progress(name)
+            progress(label)
         spec = get_method(name)
         start = time.perf_counter()
-        cams = explainer.explain(batch, method=name, class_index=chosen).cams
+        cams = explainer.explain(batch, method=name, class_index=chosen, **options).cams
         elapsed = (time.perf_counter() - start) * 1000 / len(batch)
         di = metrics.deletion_insertion(scorer, batch, cams, chosen, steps=steps)
         drop = metrics.average_drop_increase(scorer, batch, cams, chosen)
@@ -93,24 +99,25 @@ def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], me
             row["road_morf"] = float(both["morf"]["mean"])
             row["road_lerf"] = float(both["lerf"]["mean"])
         if not spec.uses_model and name not in ("eigencam",):
-            row["noise_ssim"] = _noise_ssim(explainer, first, spec, noise_sigmas)
+            row["noise_ssim"] = _noise_ssim(explainer, first, spec, options, noise_sigmas)
         if boxes is not None:
             row["pointing_game"] = float(metrics.pointing_game(cams, boxes))
             row["energy_in_box"] = float(np.mean(metrics.energy_in_box(cams, boxes)))
         row["ms_per_image"] = elapsed
-        result.methods[name] = MethodResult(cams, row, di["deletion_curve"].mean(0), di["insertion_curve"].mean(0),
+        result.methods[label] = MethodResult(cams, row, di["deletion_curve"].mean(0), di["insertion_curve"].mean(0),
                                             di["fractions"])
     return result
 
 
-def _noise_ssim(explainer: Explainer, out: dict[str, np.ndarray], spec: Any, sigmas: Sequence[float]) -> float:
+def _noise_ssim(explainer: Explainer, out: dict[str, np.ndarray], spec: Any, options: dict[str, Any],
+                sigmas: Sequence[float]) -> float:
     """Mean SSIM between clean and gradient-noised maps of the first target layer, over ``sigmas``."""
     a_name, g_name = explainer._pairs[0]
     layout = explainer._layouts[0]
     size = explainer.input_shape[1:]
 
     def cam_fn(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-        return finalise(spec.compute(acts, grads), size, spec.normalise)
+        return finalise(spec.compute(acts, grads, **options), size, spec.normalise)
 
     acts, grads = to_nchw(out[a_name], layout), to_nchw(out[g_name], layout)
     robustness = metrics.gradient_noise_robustness(cam_fn, acts, grads, sigmas=tuple(sigmas))
