@@ -264,16 +264,20 @@ def test_bilateral_filter_2x4_literal_corner() -> None:
 def test_gaussian_variant_default_mode() -> None:
     # default options: filter="gaussian", sigma=1.0, zero borders: the filter leaks part of each cluster's
     # mean gradient map out of the border, so the cluster weights shrink below the plain means (0.1, 0.075).
+    # The default weighting is linear (alpha = w, measured in docs/evaluation.md); softmax checked as well.
     d = cfcam_details(ACTS, GRADS)
-    assert d.settings == CFCAMSettings("gaussian", 1.0, "softmax", True, "onnxcam")
+    assert d.settings == CFCAMSettings("gaussian", 1.0, "linear", True, "onnxcam")
     assert d.labels.tolist() == EXPECTED_LABELS and d.eps == pytest.approx(0.725)
     w0, w1 = (mean2d(gaussian_zero_loops(m, 1.0)) for m in (M0, M1))
     assert w0 < 0.1 - 1e-3 and w1 < 0.075 - 1e-3
     expected_w = [w0, 0.25, w1, w0, 0.0, -0.15, w0, w1]
     np.testing.assert_allclose(d.weights, expected_w, rtol=1e-10)
     valid = [0, 1, 2, 3, 5, 6, 7]
+    linear = {c: expected_w[c] for c in valid}
+    np.testing.assert_allclose(d.cam, np.maximum(weighted_map(linear, ACTS), 0), rtol=1e-6, atol=1e-12)
+    soft = cfcam_details(ACTS, GRADS, weighting="softmax")
     alphas = dict(zip(valid, softmax([expected_w[c] for c in valid])))
-    np.testing.assert_allclose(d.cam, weighted_map(alphas, ACTS), rtol=1e-6)
+    np.testing.assert_allclose(soft.cam, weighted_map(alphas, ACTS), rtol=1e-6)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
@@ -302,7 +306,7 @@ def test_keep_noise_channels() -> None:
     assert d.valid.all()
     assert d.weights[4] == pytest.approx(1.0)
     np.testing.assert_allclose(d.cam, [[5.37, 1.5], [0.0, 1.45]], rtol=1e-6)
-    soft = cfcam_details(ACTS, GRADS, filter="none", drop_noise=False)
+    soft = cfcam_details(ACTS, GRADS, filter="none", drop_noise=False, weighting="softmax")
     ws = [0.1, 0.25, 0.075, 0.1, 1.0, -0.15, 0.1, 0.075]
     np.testing.assert_allclose(soft.alphas, softmax(ws), rtol=1e-10)
 
@@ -312,7 +316,7 @@ def test_all_channels_dominant_when_norms_tie() -> None:
     # mean gradients 0, ln 2, ln 3 -> softmax = 1/6, 2/6, 3/6.
     a = np.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 0.0]]])
     g = np.stack([np.full((2, 2), v) for v in (0.0, math.log(2), math.log(3))])
-    d = cfcam_details(a, g)
+    d = cfcam_details(a, g, weighting="softmax")
     assert d.dominant.all() and d.rest.size == 0 and d.eps is None and d.min_samples is None
     assert d.labels.tolist() == [-2, -2, -2] and d.num_clusters == 0
     np.testing.assert_allclose(d.alphas, [1 / 6, 2 / 6, 3 / 6], rtol=1e-12)
@@ -323,7 +327,7 @@ def test_single_rest_channel_is_noise() -> None:
     # C = 2: tau index 0.75 -> only the larger channel is dominant; |R| = 1 cannot be clustered.
     a = np.array([[[3.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
     g = np.array([np.full((2, 2), 0.5), np.full((2, 2), 2.0)])
-    d = cfcam_details(a, g)
+    d = cfcam_details(a, g, weighting="softmax")
     assert d.labels.tolist() == [-2, -1] and d.eps is None and d.min_samples is None
     np.testing.assert_allclose(d.cam, [[3.0, 0.0], [0.0, 0.0]])  # softmax of one weight = 1
     kept = cfcam_details(a, g, drop_noise=False, weighting="linear")
@@ -349,6 +353,7 @@ def test_batch_images_are_independent() -> None:
         ({"filter": "none"}, "filter='none'"),
         ({"filter": "gaussian", "sigma": 2.0}, "sigma=2.0"),
         ({"weighting": "linear"}, "weighting='linear'"),
+        ({"filter": "gaussian"}, "filter='gaussian'"),
         ({"drop_noise": False}, "drop_noise=False"),
     ],
 )
@@ -360,9 +365,9 @@ def test_authors_mode_conflicts(options: dict, named: str) -> None:
         cfcam(ACTS[None], GRADS[None], mode="authors", **options)
 
 
-def test_authors_mode_accepts_defaults_and_its_own_values() -> None:
+def test_authors_mode_accepts_its_own_values() -> None:
     base = cfcam_details(ACTS, GRADS, mode="authors")
-    for options in ({"filter": "gaussian", "sigma": 1.0}, {"filter": "bilateral", "drop_noise": True}):
+    for options in ({"sigma": 1.0}, {"filter": "bilateral", "drop_noise": True, "weighting": "softmax"}):
         d = cfcam_details(ACTS, GRADS, mode="authors", **options)
         assert d.settings.filter == "bilateral"
         np.testing.assert_array_equal(d.cam, base.cam)
