@@ -18,7 +18,6 @@ import numpy as np
 from onnxcam.runtime import Explainer
 from onnxcam.runtime.evaluation import METRICS, evaluate
 from onnxcam.runtime.figures import evaluation_figure
-from onnxcam.runtime.render import save_png
 from onnxcam.runtime.version import __version__
 
 DOCS = pathlib.Path(__file__).resolve().parent
@@ -26,14 +25,20 @@ ROOT = DOCS.parent
 CACHE = ROOT / "sample_models" / "cache"
 METHODS = ["gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam", "hirescam", "normgrad", "eigencam",
            "eigengradcam", "scorecam", "ablationcam", "cfcam"]
-CFCAM_VARIANTS = [
-    ("cfcam (gaussian σ1, softmax)", "cfcam", {}),
+CFCAM_VARIANTS = [  # against the default (gaussian filter σ 1, linear weights, noise channels dropped)
+    ("cfcam softmax", "cfcam", {"weighting": "softmax"}),
     ("cfcam bilateral", "cfcam", {"filter": "bilateral"}),
     ("cfcam no filter", "cfcam", {"filter": "none"}),
-    ("cfcam linear weights", "cfcam", {"weighting": "linear"}),
     ("cfcam keep noise", "cfcam", {"drop_noise": False}),
     ("cfcam authors' exact", "cfcam", {"mode": "authors"}),
 ]
+
+
+def save_jpeg(path: pathlib.Path, image: np.ndarray) -> None:
+    """Figures of photographs as JPEG (quality 85): a tenth of the PNG's size, small enough to commit."""
+    import cv2
+
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 def photos() -> tuple[list[np.ndarray], list[str]]:
@@ -75,18 +80,24 @@ def main() -> None:
     started = time.time()
     images, names = photos()
     eff = Explainer(efficientnet(), providers="cpu", batch_size=64)
-    real = evaluate(eff, images, METHODS + CFCAM_VARIANTS[1:], progress=lambda m: print("efficientnet:", m))
-    save_png(DOCS / "evaluation_efficientnet.png", evaluation_figure(real, max_images=7))
+    real = evaluate(eff, images, METHODS + CFCAM_VARIANTS, progress=lambda m: print("efficientnet:", m))
+    save_jpeg(DOCS / "evaluation_efficientnet.jpg", evaluation_figure(real, max_images=7))
 
     from sample_models.shapes_data import make_dataset
 
     held_out = make_dataset(100, seed=4242)
     shapes = Explainer(ROOT / "sample_models" / "shapes_cnn.onnx", providers="cpu", batch_size=64)
-    synthetic = evaluate(shapes, list(held_out.images), METHODS + CFCAM_VARIANTS[1:], boxes=held_out.boxes,
+    synthetic = evaluate(shapes, list(held_out.images), METHODS + CFCAM_VARIANTS, boxes=held_out.boxes,
                          progress=lambda m: print("shapes:", m))
-    save_png(DOCS / "evaluation_shapes.png", evaluation_figure(synthetic, max_images=6))
+    save_jpeg(DOCS / "evaluation_shapes.jpg", evaluation_figure(synthetic, max_images=6))
 
     predicted = ", ".join(f"{n}: {label}" for n, label in zip(names, real.labels))
+    rows = {row["method"]: row for row in real.table()}
+    lin, soft = rows["cfcam"], rows["cfcam softmax"]
+    faithful = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "road_morf", "road_lerf")
+    wins = sum((lin[k] > soft[k]) == METRICS[k] for k in faithful if lin[k] != soft[k])
+    filters = [rows[v] for v in ("cfcam", "cfcam bilateral", "cfcam no filter")]
+    spread = max(max(r[k] for r in filters) - min(r[k] for r in filters) for k in ("deletion_auc", "insertion_auc"))
     text = f"""# Evaluation of the CAM methods
 
 Regenerate with `python -m docs.make_evaluation` (needs the `dev` extra; about 15 minutes on 2 CPU cores).
@@ -106,7 +117,19 @@ Target layer `head` (1280×7×7, before the global pool). Predicted classes: {pr
 
 {table(real, columns_of(real))}
 
-![overlays and curves](evaluation_efficientnet.png)
+![overlays and curves](evaluation_efficientnet.jpg)
+
+## CF-CAM's defaults
+
+`cfcam` uses a gaussian filter (σ 1), **linear** weights (α = w) and drops DBSCAN's noise channels. On the
+real model, linear weights beat the authors' softmax on {wins} of the {len(faithful)} faithfulness columns
+(deletion {lin["deletion_auc"]:.3f} vs {soft["deletion_auc"]:.3f}, insertion {lin["insertion_auc"]:.3f} vs
+{soft["insertion_auc"]:.3f}). The softmax of weights this small is nearly uniform, so its maps drift towards the
+plain channel sum. The filter barely matters here: at the last stage of a GAP + linear head the gradients are
+spatially constant, so a filter can only rescale a cluster's weight (zero borders shrink it), never reshape it;
+gaussian, bilateral and no filter differ by at most {spread:.3f} in deletion/insertion AUC. The gaussian filter
+stays the default as the paper's choice; it can matter more at earlier layers, which this table does not cover.
+Keeping the noise channels changes little. The authors' exact algorithm stays available as `mode="authors"`.
 
 ## Shapes model: 100 held-out images with ground-truth boxes
 
@@ -115,7 +138,7 @@ inside the box.
 
 {table(synthetic, columns_of(synthetic))}
 
-![overlays and curves](evaluation_shapes.png)
+![overlays and curves](evaluation_shapes.jpg)
 """
     (DOCS / "evaluation.md").write_text(text)
     print(f"wrote {DOCS / 'evaluation.md'} in {time.time() - started:.0f} s")
