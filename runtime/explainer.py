@@ -174,13 +174,7 @@ class Explainer:
             from onnxcam.exporter.gradient_pass import strip_gradients
 
             self._forward_session = self._sub_session(strip_gradients(self.model))
-        out = np.empty(len(batch), np.float32)
-        for start in range(0, len(batch), self.batch_size):
-            chunk = np.ascontiguousarray(batch[start:start + self.batch_size], dtype=np.float32)
-            logits = self._forward_session.run(None, {self._forward_session.get_inputs()[0].name: chunk})[0]
-            values = softmax(logits) if probability else logits
-            out[start:start + len(chunk)] = values[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
-        return out
+        return self._class_scores(self._forward_session, batch, class_index, probability)
 
     def probabilities(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
         """Softmax probability of ``class_index`` per image (the scorer the metrics use)."""
@@ -201,11 +195,17 @@ class Explainer:
             self._head_sessions[layer] = self._sub_session(head)
         session = self._head_sessions[layer]
         raw = activations if layout.get("layout", "NCHW") == "NCHW" else activations.transpose(0, 2, 3, 1)
-        out = np.empty(len(raw), np.float32)
-        for start in range(0, len(raw), self.batch_size):
-            chunk = np.ascontiguousarray(raw[start:start + self.batch_size], dtype=np.float32)
+        return self._class_scores(session, raw, class_index, probability=False)
+
+    def _class_scores(self, session: Any, inputs: np.ndarray, class_index: np.ndarray, probability: bool,
+                      ) -> np.ndarray:
+        """Run a logits-only ``session`` on ``inputs``, ``batch_size`` at a time; pick each row's class."""
+        out = np.empty(len(inputs), np.float32)
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = np.ascontiguousarray(inputs[start:start + self.batch_size], dtype=np.float32)
             logits = session.run(None, {session.get_inputs()[0].name: chunk})[0]
-            out[start:start + len(chunk)] = logits[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
+            values = softmax(logits) if probability else logits
+            out[start:start + len(chunk)] = values[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
         return out
 
     def _sub_session(self, model: onnx.ModelProto) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from numbers import Real
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, signal
@@ -266,21 +267,12 @@ def cfcam_details(
     options=OPTIONS,
     description="CF-CAM: DBSCAN channel clustering, cluster-filtered gradients, hierarchical weights",
 )
-def cfcam(
-    activations: np.ndarray,
-    gradients: np.ndarray,
-    *,
-    filter: str | None = None,
-    sigma: float | None = None,
-    weighting: str | None = None,
-    drop_noise: bool | None = None,
-    mode: str = "onnxcam",
-) -> np.ndarray:
-    """CF-CAM maps ``[N,h,w]`` (float32): map = ReLU(Σ_{c∈V} α_c A_c), each image computed independently."""
-    opts = {"filter": filter, "sigma": sigma, "weighting": weighting, "drop_noise": drop_noise, "mode": mode}
-    resolve_options(**opts)  # fail fast, even for an empty batch
+def cfcam(activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.ndarray:
+    """CF-CAM maps ``[N,h,w]`` (float32): map = ReLU(Σ_{c∈V} α_c A_c), each image computed independently;
+    ``options`` are :func:`cfcam_details`'s (filter, sigma, weighting, drop_noise, mode)."""
+    resolve_options(**options)  # fail fast, even for an empty batch
     a, g = check_pair(activations, gradients)
     out = np.zeros((a.shape[0], a.shape[2], a.shape[3]), dtype=np.float32)
     for i in range(a.shape[0]):
-        out[i] = cfcam_details(a[i], g[i], **opts).cam
+        out[i] = cfcam_details(a[i], g[i], **options).cam
     return out
