@@ -143,31 +143,13 @@ def evaluate(model: str, images: tuple[str, ...], methods: str, boxes_file: str 
     result = run_evaluation(explainer, list(images), names, boxes=boxes, steps=steps, road=not no_road,
                             progress=lambda name: click.echo(f"evaluating {name} on {len(images)} images ...",
                                                              err=True))
-    table = result.table()
-    columns = [c for c in ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "road_morf",
-                           "road_lerf", "noise_ssim", "pointing_game", "energy_in_box", "ms_per_image")
-               if any(c in row for row in table)]
-    markdown = _markdown(table, columns)
+    markdown = result.markdown()
     click.echo(markdown)
-    csv = ",".join(["method", *columns]) + "\n" + "".join(
-        ",".join([row["method"], *(f"{row[c]:.6g}" if c in row else "" for c in columns)]) + "\n" for row in table)
-    writer.add_bytes("evaluation.csv", csv.encode())
+    writer.add_bytes("evaluation.csv", result.csv().encode())
     writer.add_bytes("evaluation.md", (markdown + "\n").encode())
     writer.add("evaluation.png", evaluation_figure(result))
     writer.commit()
     click.echo(f"wrote evaluation.md, evaluation.csv and evaluation.png to {writer.folder}", err=True)
-
-
-def _markdown(table: list[dict], columns: list[str]) -> str:
-    """A markdown table; ↓ marks metrics where lower is better."""
-    from onnxcam.runtime.evaluation import METRICS
-
-    head = ["method", *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table:
-        cells = [row["method"], *(f"{row[c]:.3f}" if c in row else "–" for c in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _read_boxes(path: str, images: tuple[str, ...]) -> np.ndarray:

@@ -63,19 +63,6 @@ def efficientnet() -> pathlib.Path:
     return path
 
 
-def table(result, columns: list[str]) -> str:
-    head = ["method", *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in result.table():
-        lines.append("| " + " | ".join([row["method"], *(f"{row[c]:.3f}" if c in row else "–" for c in columns)])
-                     + " |")
-    return "\n".join(lines)
-
-
-def columns_of(result) -> list[str]:
-    return [c for c in METRICS if any(c in row for row in result.table())]
-
-
 def main() -> None:
     started = time.time()
     images, names = photos()
@@ -115,7 +102,7 @@ between the map from clean gradients and from gradients with N(0, (σ·std G)²)
 
 Target layer `head` (1280×7×7, before the global pool). Predicted classes: {predicted}.
 
-{table(real, columns_of(real))}
+{real.markdown()}
 
 ![overlays and curves](evaluation_efficientnet.jpg)
 
@@ -136,7 +123,7 @@ Keeping the noise channels changes little. The authors' exact algorithm stays av
 Target layer `features` (64×16×16). Pointing game: the map's maximum inside the box; energy: share of the map
 inside the box.
 
-{table(synthetic, columns_of(synthetic))}
+{synthetic.markdown()}
 
 ![overlays and curves](evaluation_shapes.jpg)
 """

@@ -53,6 +53,29 @@ class Evaluation:
         """One row per method: its name and the mean of every metric it has."""
         return [{"method": name, **result.metrics} for name, result in self.methods.items()]
 
+    def columns(self) -> list[str]:
+        """The metrics any method has, in the order of :data:`METRICS`."""
+        rows = self.table()
+        return [c for c in METRICS if any(c in row for row in rows)]
+
+    def markdown(self) -> str:
+        """The table in markdown; ↑ marks metrics where higher is better, ↓ lower."""
+        columns = self.columns()
+        head = ["method", *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in columns)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.table():
+            cells = [row["method"], *(f"{row[c]:.3f}" if c in row else "–" for c in columns)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        """The table as CSV (full precision, empty cells where a method has no value)."""
+        columns = self.columns()
+        lines = [",".join(["method", *columns])]
+        lines += [",".join([row["method"], *(f"{row[c]:.6g}" if c in row else "" for c in columns)])
+                  for row in self.table()]
+        return "\n".join(lines) + "\n"
+
 
 MethodSpec = str | tuple[str, str, dict[str, Any]]
 
