@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import pdist, squareform
+from sklearn.cluster import DBSCAN
 
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.methods import check_options, finalise, get_method
@@ -18,7 +20,9 @@ from onnxcam.runtime.methods.cfcam import (
     bilateral_filter,
     cfcam,
     cfcam_details,
+    cluster_channels,
     filter_gradient,
+    percentile_of_pairs,
     resolve_options,
 )
 
@@ -400,3 +404,49 @@ def test_bad_shapes() -> None:
         cfcam_details(ACTS[0], GRADS[0])
     with pytest.raises(OnnxcamError):
         cfcam(ACTS[None], GRADS[None, :4])
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast clustering path gives what the plain definition gives
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 10, 101, 1000])
+def test_percentile_of_pairs_equals_percentile_of_doubled_list(m: int) -> None:
+    values = np.random.default_rng(m).gamma(2.0, size=m)
+    for q in (0.0, 10.0, 25.0, 50.0, 99.0, 100.0):
+        assert percentile_of_pairs(values, q) == pytest.approx(np.percentile(np.repeat(values, 2), q), rel=1e-14)
+    ties = np.round(values * 2) / 2  # many equal distances
+    assert percentile_of_pairs(ties, 25.0) == pytest.approx(np.percentile(np.repeat(ties, 2), 25), rel=1e-14)
+
+
+def dense_reference(features: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """DBSCAN on the dense distance matrix with eps from the doubled list: the definition, unoptimised."""
+    condensed = pdist(features)
+    eps = max(float(np.percentile(np.repeat(condensed, 2), 25)), 1e-5)
+    min_samples = max(2, len(features) // 20)
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(squareform(condensed))
+    return labels, eps, min_samples
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_graph_clustering_matches_dense_dbscan(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    r = int(rng.integers(30, 400))
+    centres = rng.normal(scale=6.0, size=(int(rng.integers(1, 5)), 9))
+    features = centres[rng.integers(0, len(centres), r)] + rng.normal(size=(r, 9)) * rng.uniform(0.3, 3.0)
+    features[: r // 10] = 0.0  # dead channels: exact duplicates at distance 0
+    features[r // 10: r // 10 + 3] = rng.normal(size=9) * 1e4  # large duplicated rows
+    labels, eps, min_samples = cluster_channels(features)
+    expected, expected_eps, expected_min = dense_reference(features)
+    assert eps == pytest.approx(expected_eps, rel=1e-14) and min_samples == expected_min
+    np.testing.assert_array_equal(labels, expected)
+    assert len(set(labels.tolist())) > 1  # the case is not trivial: clusters and noise, or several clusters
+
+
+def test_batch_runs_in_parallel_and_matches_one_by_one() -> None:
+    rng = np.random.default_rng(7)
+    acts = np.abs(rng.normal(size=(5, 64, 4, 4))).astype(np.float32)
+    grads = rng.normal(size=(5, 64, 4, 4)).astype(np.float32)
+    maps = cfcam(acts, grads)
+    for i in range(5):
+        np.testing.assert_array_equal(maps[i], cfcam_details(acts[i], grads[i]).cam)

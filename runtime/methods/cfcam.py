@@ -4,7 +4,7 @@ Per image, with A, G ``[C,h,w]`` and F = A flattened to ``[C, Z]``:
 
 1. n_c = ‖F_c‖₂, τ = 75th percentile of n (numpy linear interpolation); dominant D = {c : n_c ≥ τ},
    the rest R is clustered.
-2. DBSCAN (Euclidean, on a precomputed R×R distance matrix) with
+2. DBSCAN (Euclidean distances from pdist, run on the sparse eps-neighbourhood graph) with
    eps = max(25th percentile of the off-diagonal entries of the full symmetric distance matrix, each
    unordered pair counted twice, 1e-5) and min_samples = max(2, ⌊0.05·|R|⌋). Label −1 is noise.
 3. Weights: w_c = mean_ij G_c for c ∈ D; for cluster k with members S_k, M_k = mean_{c∈S_k} G_c and every
@@ -25,14 +25,17 @@ the mean of the map, so mean_ij filter(M_k) = mean_ij M_k and the filter could n
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage, signal, sparse
 from scipy.spatial.distance import pdist, squareform
 from sklearn.cluster import DBSCAN
+from threadpoolctl import threadpool_limits
 
 from ..errors import OnnxcamError
 from .base import check_pair, register
@@ -176,21 +179,54 @@ def filter_gradient(m: np.ndarray, settings: CFCAMSettings) -> np.ndarray:
     return np.asarray(m, dtype=np.float64)
 
 
+def percentile_of_pairs(condensed: np.ndarray, q: float = 25.0) -> float:
+    """The q-th percentile (numpy's linear method) of the distances counted twice, i.e. of the off-diagonal
+    entries of the symmetric matrix: equal to ``np.percentile(np.repeat(condensed, 2), q)`` in O(M), without
+    the 2M-long copy. In the doubled sorted list v, v[k] = s[⌊k/2⌋] for the sorted condensed list s."""
+    m = len(condensed)
+    position = q / 100.0 * (2 * m - 1)
+    lo = int(np.floor(position))
+    frac = position - lo
+    first, second = lo // 2, min(lo + 1, 2 * m - 1) // 2
+    part = np.partition(condensed, first)
+    a = part[first]
+    b = a if second == first else part[first + 1:].min()
+    return float(a + (b - a) * frac) if frac < 0.5 else float(b - (b - a) * (1.0 - frac))
+
+
+def neighbourhood_graph(within: np.ndarray, r: int) -> sparse.csr_matrix:
+    """The ε-neighbourhood graph of r points as a sparse CSR matrix, from the condensed boolean
+    ``within`` = (d_ij ≤ eps, i < j). Stored entries (explicit zeros, each point its own neighbour) are the
+    neighbours; DBSCAN with ``metric="precomputed"`` and any eps > 0 treats every stored entry as within eps,
+    so it gives the same labels as on the dense distance matrix while visiting only the neighbours."""
+    square = squareform(within, checks=False)
+    np.fill_diagonal(square, True)
+    counts = np.count_nonzero(square, axis=1)
+    indptr = np.zeros(r + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    # int32 indices and float32 data: half the bytes for sklearn's internal copies (measured 2x faster).
+    index_type = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
+    indices = (np.flatnonzero(square) % r).astype(index_type)
+    return sparse.csr_matrix((np.zeros(len(indices), np.float32), indices, indptr.astype(index_type)), shape=(r, r))
+
+
 def cluster_channels(features: np.ndarray) -> tuple[np.ndarray, float | None, int | None]:
     """DBSCAN labels for the rows of ``features`` [R, Z], with eps and min_samples as in step 2.
 
-    eps = max(25th percentile (linear) of the R(R−1) off-diagonal distances, 1e-5): the condensed
-    distances repeated twice are exactly the off-diagonal entries of the symmetric matrix.
-    min_samples = max(2, ⌊R/20⌋). R < 2: no clustering, every row is noise, eps = min_samples = None.
+    eps = max(25th percentile (linear) of the R(R−1) off-diagonal distances, 1e-5) (see
+    :func:`percentile_of_pairs`); min_samples = max(2, ⌊R/20⌋). Distances come from scipy's ``pdist`` (no
+    R×R×Z array); DBSCAN runs on the sparse ε-neighbourhood graph (:func:`neighbourhood_graph`), which gives
+    the labels of the dense matrix. R < 2: no clustering, every row is noise, eps = min_samples = None.
     """
     r = features.shape[0]
     if r < 2:
         return np.full(r, -1, dtype=np.int64), None, None
     condensed = pdist(features, metric="euclidean")
-    eps = max(float(np.percentile(np.repeat(condensed, 2), 25)), EPS_FLOOR)
+    eps = max(percentile_of_pairs(condensed, 25.0), EPS_FLOOR)
     min_samples = max(2, r // 20)
+    graph = neighbourhood_graph(condensed <= eps, r)
     db = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed")
-    labels = db.fit_predict(squareform(condensed)).astype(np.int64)
+    labels = db.fit_predict(graph).astype(np.int64)
     return labels, eps, min_samples
 
 
@@ -273,6 +309,13 @@ def cfcam(activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.
     resolve_options(**options)  # fail fast, even for an empty batch
     a, g = check_pair(activations, gradients)
     out = np.zeros((a.shape[0], a.shape[2], a.shape[3]), dtype=np.float32)
-    for i in range(a.shape[0]):
-        out[i] = cfcam_details(a[i], g[i], **options).cam
+    workers = min(len(a), os.cpu_count() or 1)
+    if workers <= 1:
+        for i in range(a.shape[0]):
+            out[i] = cfcam_details(a[i], g[i], **options).cam
+        return out
+    # pdist, the partition and most of DBSCAN release the GIL: one image per core, BLAS single-threaded inside.
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, details in enumerate(pool.map(lambda j: cfcam_details(a[j], g[j], **options), range(len(a)))):
+            out[i] = details.cam
     return out
