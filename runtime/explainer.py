@@ -18,7 +18,7 @@ from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_m
 from .methods import check_options, finalise, get_method
 from .methods.context import CAMContext
 from .preprocess import as_rgb, load_image, model_view, normalise
-from .session import create_session
+from .session import create_session, run
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 ImageInput = str | os.PathLike | np.ndarray
@@ -81,7 +81,8 @@ class Explainer:
     ``model`` is an onnxcam graph or any ONNX classifier (augmented in memory with ``add_gradients``).
     ``layer`` re-targets the gradients to other tensor(s) or torch module name(s); ``batch_size`` bounds the
     images per ORT run in the extra passes of Score-CAM and Ablation-CAM.
-    ``providers``: "auto", "cuda", "cpu" or an ORT providers list; ``session_options`` an ORT SessionOptions.
+    ``providers``: "auto", "cuda", "cpu" or an ORT providers list; ``session_options`` an ORT SessionOptions
+    (see :func:`onnxcam.runtime.session.session_options`), used for every session the explainer opens.
     """
 
     def __init__(self, model: ModelSource, *, providers: str | Sequence[Any] = "auto",
@@ -98,6 +99,7 @@ class Explainer:
             meta = read_metadata(proto)
         self.model = proto
         self.metadata: CamMetadata = meta
+        self.session_options = session_options
         self.session = create_session(proto.SerializeToString(), providers, session_options)
         dims = self.session.get_inputs()[0].shape
         if any(not isinstance(d, int) for d in dims[1:]):
@@ -164,7 +166,7 @@ class Explainer:
         """Raw graph outputs (``logits``, ``activations``, ``gradients``) for a preprocessed batch."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         index = self._class_indices(class_index, len(batch))
-        outputs = self.session.run(None, {"input": batch, "class_index": index})
+        outputs = run(self.session, {"input": batch, "class_index": index})
         return dict(zip([o.name for o in self.session.get_outputs()], outputs))
 
     def scores(self, batch: np.ndarray, class_index: np.ndarray, *, probability: bool = False) -> np.ndarray:
@@ -203,7 +205,7 @@ class Explainer:
         out = np.empty(len(inputs), np.float32)
         for start in range(0, len(inputs), self.batch_size):
             chunk = np.ascontiguousarray(inputs[start:start + self.batch_size], dtype=np.float32)
-            logits = session.run(None, {session.get_inputs()[0].name: chunk})[0]
+            logits = run(session, {session.get_inputs()[0].name: chunk})[0]
             values = softmax(logits) if probability else logits
             out[start:start + len(chunk)] = values[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
         return out
@@ -212,7 +214,7 @@ class Explainer:
         from onnxcam.exporter.graph import set_ir_version
 
         set_ir_version(model)
-        return create_session(model.SerializeToString(), self.providers)
+        return create_session(model.SerializeToString(), self.providers, self.session_options)
 
     def _class_indices(self, class_index: Any, n: int) -> np.ndarray:
         if class_index is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .errors import OnnxcamError, ProviderError
 
 CUDA = "CUDAExecutionProvider"
@@ -23,11 +25,26 @@ def onnxruntime() -> Any:
     return ort
 
 
-def session_options(*, threads: int | None = None, optimisation: str = "all") -> Any:
-    """SessionOptions with ``threads`` intra-op threads (None: ORT's default) and an optimisation level."""
+EXECUTION_MODES = ("sequential", "parallel")
+
+
+def session_options(*, threads: int | None = None, optimisation: str = "all", execution_mode: str = "sequential",
+                    inter_op_threads: int | None = None) -> Any:
+    """SessionOptions for onnxcam's sessions.
+
+    ``threads``: intra-op threads (None: ORT's default, one per physical core); ``optimisation``: graph
+    optimisation level (disable, basic, extended, all); ``execution_mode``: "sequential" (default: CNNs are
+    chains, and intra-op threads already use every core) or "parallel" (independent branches at once, with
+    ``inter_op_threads`` threads).
+    """
     ort = onnxruntime()
     if optimisation not in OPTIMISATION_LEVELS:
         raise OnnxcamError(f"unknown optimisation level '{optimisation}'; use one of {', '.join(OPTIMISATION_LEVELS)}")
+    if execution_mode not in EXECUTION_MODES:
+        raise OnnxcamError(f"unknown execution mode '{execution_mode}'; use one of {', '.join(EXECUTION_MODES)}")
+    for name, value in (("threads", threads), ("inter-op threads", inter_op_threads)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise OnnxcamError(f"{name} must be a whole number >= 0 (0: ONNX Runtime's default), got {value!r}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -35,8 +52,12 @@ def session_options(*, threads: int | None = None, optimisation: str = "all") ->
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimisation]
+    opts.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
+                           else ort.ExecutionMode.ORT_SEQUENTIAL)
     if threads:
         opts.intra_op_num_threads = threads
+    if inter_op_threads:
+        opts.inter_op_num_threads = inter_op_threads
     opts.log_severity_level = 3
     return opts
 
@@ -70,3 +91,28 @@ def create_session(model: bytes, providers: str | Sequence[Any] = "auto", option
             return ort.InferenceSession(model, options, providers=[CPU])
         return session
     return ort.InferenceSession(model, options, providers=list(providers))
+
+
+def on_cuda(session: Any) -> bool:
+    """Whether ``session`` runs on the CUDA execution provider."""
+    return session.get_providers()[0] == CUDA
+
+
+def run(session: Any, feeds: dict[str, np.ndarray], *, io_binding: bool | None = None) -> list[np.ndarray]:
+    """``session``'s outputs for ``feeds`` (numpy arrays), as numpy arrays.
+
+    With ``io_binding`` (default: when the session runs on CUDA) the inputs are bound once and every output is
+    bound to host memory, so ONNX Runtime writes each result straight into the array returned, instead of
+    allocating it on the GPU and copying it afterwards.
+    """
+    if io_binding is None:
+        io_binding = on_cuda(session)
+    if not io_binding:
+        return session.run(None, feeds)
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cpu")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()

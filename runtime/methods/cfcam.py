@@ -56,6 +56,10 @@ AUTHORS: dict[str, object] = {"filter": "bilateral", "weighting": "softmax", "dr
 OPTIONS: tuple[str, ...] = tuple(DEFAULTS)
 
 EPS_FLOOR = 1e-5
+# Below this many channels an image takes a few ms, mostly Python-level work that holds the GIL, and threads
+# were slower than one loop (measured: 512 channels 7x7, batch 8: 4.6 ms/img threaded, 3.8 sequential;
+# 2048 channels: 29 threaded, 41 sequential, on 2 cores).
+PARALLEL_MIN_CHANNELS = 1024
 BILATERAL_SIGMA_SPATIAL = 5.0
 BILATERAL_SIGMA_RANGE = 0.1
 
@@ -310,7 +314,7 @@ def cfcam(activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.
     a, g = check_pair(activations, gradients)
     out = np.zeros((a.shape[0], a.shape[2], a.shape[3]), dtype=np.float32)
     workers = min(len(a), os.cpu_count() or 1)
-    if workers <= 1:
+    if workers <= 1 or a.shape[1] < PARALLEL_MIN_CHANNELS:
         for i in range(a.shape[0]):
             out[i] = cfcam_details(a[i], g[i], **options).cam
         return out
