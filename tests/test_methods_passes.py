@@ -34,6 +34,22 @@ def test_scorecam_by_hand():
     assert calls == [1, 1]  # batch_size=1: one masked image per pass
 
 
+def test_scorecam_scores_constant_channels_once_with_the_zero_image():
+    dead = np.concatenate([A, np.zeros_like(A), np.full_like(A, 2.0)], axis=1)  # channels 2, 3 zero; 4, 5 constant
+    seen = []
+
+    def total(batch, cls):  # score = sum of the masked image + 0.5
+        seen.append(batch.copy())
+        return batch.sum(axis=(1, 2, 3)) + 0.5
+
+    ctx = CAMContext(dead, np.zeros_like(dead), X, np.array([0]), total, None, None, batch_size=8)
+    got = METHODS["scorecam"].compute(ctx)
+    assert [len(b) for b in seen] == [1, 2] and not seen[0].any()  # the zero image once, then the 2 live masks
+    s = np.array([1 / 3 + 4, 3, 0, 0, 0, 0]) + 0.5  # constant channels: all-zero mask, score of the zero image
+    w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    np.testing.assert_allclose(got[0], np.maximum(np.tensordot(w, dead[0], axes=1), 0), rtol=1e-5)
+
+
 def test_ablationcam_by_hand():
     def head(acts, cls):  # score = 2·Σ A_0 + Σ A_1 + 1
         return 2 * acts[:, 0].sum(axis=(1, 2)) + acts[:, 1].sum(axis=(1, 2)) + 1
