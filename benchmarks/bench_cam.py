@@ -147,8 +147,8 @@ def write_markdown(path: pathlib.Path, rows: list[BenchRow], memory: list[str], 
         f"Measured {datetime.date.today().isoformat()} with `{command.strip()}` on: {host}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads; device `{args.device}`.",
         "",
-        "Per image, median of the repeated runs after warm-ups, on one batch of photographs; (a), (b) and (c) "
-        "are timed round-robin in the same loop, so a machine that drifts shifts them alike:",
+        "Per image, median of the repeated runs after warm-ups, on one batch of photographs, each timed in its "
+        "own block (interleaving them let one library's spinning thread pool slow the next):",
         "",
         "- **(a) floor**: ONNX Runtime's forward pass of the plain classifier (the onnxcam file with its gradient "
         "outputs stripped), same session options;",

@@ -3,8 +3,8 @@
 For a batch x: (a) the floor, ONNX Runtime running the plain classifier (the onnxcam graph with its gradient
 outputs stripped) on x; (b) ``Explainer.explain(x, method=…)`` end to end, from the preprocessed batch to
 upsampled maps in [0, 1]; optionally (c) a baseline callable (pytorch-grad-cam on PyTorch eager, see
-``onnxcam.exporter.torch_baseline``). They run round-robin: ``warmup`` rounds, then ``repeats`` timed rounds;
-the figure is the median in milliseconds per image, with the peak resident memory of one more run.
+``onnxcam.exporter.torch_baseline``). Each runs ``warmup`` times, then ``repeats`` timed times; the figure is
+the median in milliseconds per image, with the peak resident memory of one more run.
 Torch-free: ``onnxcam bench`` runs it without PyTorch.
 """
 
@@ -75,30 +75,23 @@ class Measure:
 
 
 def measure(runner: Runner, batch: np.ndarray, *, warmup: int = 2, repeats: int = 5) -> Measure:
-    """Time ``runner(batch)``: ``warmup`` untimed calls, then the median of ``repeats`` timed ones."""
-    return measure_together({"only": runner}, batch, warmup=warmup, repeats=repeats)["only"]
+    """Time ``runner(batch)``: ``warmup`` untimed calls, the median of ``repeats`` timed ones, then one more
+    call under :class:`PeakMemory` (kept out of the timed calls: the sampler costs time).
 
-
-def measure_together(runners: dict[str, Runner], batch: np.ndarray, *, warmup: int = 2, repeats: int = 5,
-                     ) -> dict[str, Measure]:
-    """Time several runners on ``batch`` round-robin, so that a machine that slows down or speeds up during
-    the run shifts all of them alike: ``warmup`` untimed rounds, ``repeats`` timed rounds (median per runner),
-    then one more call each under :class:`PeakMemory` (kept out of the timed calls: the sampler costs time)."""
+    Each runner is timed in one block, not interleaved with others: ONNX Runtime's and PyTorch's thread pools
+    keep spinning for a while after a call, and on a 2-core machine that took up to half the CPU from
+    whichever runner came next (measured: Grad-CAM 1.9x its floor interleaved, 1.05x in blocks).
+    """
     for _ in range(warmup):
-        for runner in runners.values():
-            runner(batch)
-    times: dict[str, list[float]] = {name: [] for name in runners}
+        runner(batch)
+    times = []
     for _ in range(max(1, repeats)):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner(batch)
-            times[name].append(time.perf_counter() - start)
-    result = {}
-    for name, runner in runners.items():
-        with PeakMemory() as peak:
-            runner(batch)
-        result[name] = Measure(1000.0 * statistics.median(times[name]) / len(batch), peak.mb, len(times[name]))
-    return result
+        start = time.perf_counter()
+        runner(batch)
+        times.append(time.perf_counter() - start)
+    with PeakMemory() as peak:
+        runner(batch)
+    return Measure(1000.0 * statistics.median(times) / len(batch), peak.mb, len(times))
 
 
 def postprocess_peak_mb(method: str, activations: np.ndarray, gradients: np.ndarray, **options: Any) -> float:
@@ -159,34 +152,30 @@ def bench(explainer: Explainer, batch: np.ndarray, methods: Sequence[str], *, mo
           baseline: Callable[[str], Runner | None] | None = None, warmup: int = 2, repeats: int = 5,
           slow_methods: Sequence[str] = ("scorecam", "ablationcam"), progress: Callable[[str], None] | None = None,
           ) -> list[BenchRow]:
-    """Rows for ``methods`` on ``batch`` (preprocessed ``[N,C,H,W]``).
-
-    The floor, onnxcam and the baseline of every method are timed together, round-robin
-    (:func:`measure_together`). ``baseline(method)`` returns the baseline's runner for a method, or None to
-    leave that column empty. ``slow_methods`` (C extra passes per image) get one warm-up image and one timed
-    run each, under the memory probe.
+    """Rows for ``methods`` on ``batch`` (preprocessed ``[N,C,H,W]``): the floor once, then per method onnxcam
+    and the baseline (:func:`measure`). ``baseline(method)`` returns the baseline's runner for a method, or
+    None to leave that column empty. ``slow_methods`` (C extra passes per image) get one warm-up image and one
+    timed run each.
     """
     say = progress or (lambda _: None)
-    runners: dict[str, Runner] = {"floor": forward_floor(explainer)}
-    slow: dict[str, dict[str, Runner]] = {}
+    say(f"{model} batch {len(batch)}: forward-only floor")
+    floor = measure(forward_floor(explainer), batch, warmup=warmup, repeats=repeats)
+    rows = []
     for method in methods:
-        mine: dict[str, Runner] = {"onnxcam": lambda x, m=method: explainer.explain(x, method=m)}
-        theirs = baseline(method) if baseline else None
-        if theirs is not None:
-            mine["baseline"] = theirs
-        if method in slow_methods:
-            slow[method] = mine
-        else:
-            runners.update({f"{method}/{side}": runner for side, runner in mine.items()})
-    say(f"{model} batch {len(batch)}: floor and {', '.join(m for m in methods if m not in slow) or 'no method'}")
-    measured = measure_together(runners, batch, warmup=warmup, repeats=repeats)
-    for method, mine in slow.items():
-        for side, runner in mine.items():
+        sides: dict[str, Runner | None] = {"onnxcam": lambda x, m=method: explainer.explain(x, method=m),
+                                           "baseline": baseline(method) if baseline else None}
+        measured: dict[str, Measure] = {}
+        for side, runner in sides.items():
+            if runner is None:
+                continue
             say(f"{model} batch {len(batch)}: {method} ({side})")
-            runner(batch[:1])
-            measured[f"{method}/{side}"] = measure(runner, batch, warmup=0, repeats=1)
-    return [BenchRow(model, len(batch), method, measured["floor"], measured[f"{method}/onnxcam"],
-                     measured.get(f"{method}/baseline")) for method in methods]
+            if method in slow_methods:
+                runner(batch[:1])
+                measured[side] = measure(runner, batch, warmup=0, repeats=1)
+            else:
+                measured[side] = measure(runner, batch, warmup=warmup, repeats=repeats)
+        rows.append(BenchRow(model, len(batch), method, floor, measured["onnxcam"], measured.get("baseline")))
+    return rows
 
 
 HEADER = ("model", "batch", "method", "(a) floor ms/img", "(b) onnxcam ms/img", "(c) pytorch-grad-cam ms/img",
