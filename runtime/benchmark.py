@@ -135,7 +135,6 @@ class BenchRow:
     floor: Measure
     onnxcam: Measure
     baseline: Measure | None = None
-    note: str = ""
 
     @property
     def onnxcam_over_floor(self) -> float:

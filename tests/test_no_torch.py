@@ -1,4 +1,4 @@
-"""The runtime and the CLI's explain path work in a process where importing torch is impossible."""
+"""The runtime and the CLI's explain and bench paths work in a process where importing torch is impossible."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ SCRIPT = textwrap.dedent("""
         main(["explain", model, image, "-o", out], standalone_mode=False)
     except SystemExit as exc:
         assert exc.code in (0, None), exc.code
+    import click
+    try:
+        main(["bench", model, "--batch", "1", "--method", "gradcam", "--warmup", "0", "--repeats", "1"],
+             standalone_mode=False)
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc.code
+    try:
+        main(["bench", model, "--torch-module", "nowhere:build"], standalone_mode=False)
+        raise AssertionError("--torch-module without torch should fail")
+    except click.ClickException as exc:
+        assert "needs PyTorch" in exc.message, exc.message
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
     assert not loaded, loaded
     print("NO-TORCH-OK")
