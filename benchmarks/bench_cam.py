@@ -40,6 +40,7 @@ from onnxcam.runtime.benchmark import (  # noqa: E402
     postprocess_peak_mb,
     text_table,
 )
+from sample_models.photos import photographs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,8 @@ def build(name: str, size: int) -> ModelSpec:
 
 
 def photos(explainer: Explainer, n: int) -> np.ndarray:
-    """n preprocessed photographs (scikit-image's sample photos, repeated to fill the batch)."""
-    from skimage import data
-
-    images = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket(), data.stereo_motorcycle()[0]]
+    """n preprocessed photographs (the seven of sample_models.photos, repeated to fill the batch)."""
+    images, _ = photographs()
     batch, _ = explainer.preprocess([images[i % len(images)] for i in range(n)])
     return batch
 

@@ -19,6 +19,7 @@ from onnxcam.runtime import Explainer
 from onnxcam.runtime.evaluation import METRICS, evaluate
 from onnxcam.runtime.figures import evaluation_figure
 from onnxcam.runtime.version import __version__
+from sample_models.photos import photographs
 
 DOCS = pathlib.Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -41,17 +42,6 @@ def save_jpeg(path: pathlib.Path, image: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
-def photos() -> tuple[list[np.ndarray], list[str]]:
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    named = {"chelsea": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut(),
-             "rocket": data.rocket(), "motorcycle": data.stereo_motorcycle()[0]}
-    for name, image in zip(("china", "flower"), load_sample_images().images):
-        named[name] = image
-    return list(named.values()), list(named)
-
-
 def efficientnet() -> pathlib.Path:
     path = CACHE / "efficientnet_lite0.onnx"
     if not path.exists():
@@ -65,7 +55,7 @@ def efficientnet() -> pathlib.Path:
 
 def main() -> None:
     started = time.time()
-    images, names = photos()
+    images, names = photographs()
     eff = Explainer(efficientnet(), providers="cpu", batch_size=64)
     real = evaluate(eff, images, METHODS + CFCAM_VARIANTS, progress=lambda m: print("efficientnet:", m))
     save_jpeg(DOCS / "evaluation_efficientnet.jpg", evaluation_figure(real, max_images=7))
