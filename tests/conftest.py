@@ -21,11 +21,9 @@ def has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> pathlib.Path:
-    """A 3-class CNN on 32×32 inputs exported with gradients at 'features' (random weights)."""
-    torch = pytest.importorskip("torch")
-    from onnxcam.exporter import export_torch
+def tiny_net():
+    """The tiny_model fixture's network: 3 classes, 32×32 inputs, seeded random weights (the same every call)."""
+    import torch
 
     torch.manual_seed(0)
     nn = torch.nn
@@ -35,8 +33,17 @@ def tiny_model(tmp_path_factory) -> pathlib.Path:
     net.add_module("pool", nn.AdaptiveAvgPool2d(1))
     net.add_module("flat", nn.Flatten())
     net.add_module("fc", nn.Linear(16, 3))
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> pathlib.Path:
+    """A 3-class CNN on 32×32 inputs exported with gradients at 'features' (random weights)."""
+    pytest.importorskip("torch")
+    from onnxcam.exporter import export_torch
+
     path = tmp_path_factory.mktemp("models") / "tiny.onnx"
-    return export_torch(net.eval(), path, target_layer="features", input_shape=(3, 32, 32), labels=TINY_LABELS)
+    return export_torch(tiny_net(), path, target_layer="features", input_shape=(3, 32, 32), labels=TINY_LABELS)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import mmap
 import pathlib
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -93,21 +92,8 @@ def test_bench_command_without_torch_column() -> None:
 
 def test_bench_command_with_the_torch_model(tiny_model, tmp_path, monkeypatch) -> None:
     pytest.importorskip("pytorch_grad_cam")
-    # the same seeded network as the tiny_model fixture, hence the same weights
-    (tmp_path / "tinynet.py").write_text(textwrap.dedent("""
-        import torch
-        from torch import nn
-
-        def build():
-            torch.manual_seed(0)
-            net = nn.Sequential()
-            net.add_module("features", nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                                     nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()))
-            net.add_module("pool", nn.AdaptiveAvgPool2d(1))
-            net.add_module("flat", nn.Flatten())
-            net.add_module("fc", nn.Linear(16, 3))
-            return net.eval()
-    """))
+    # the tiny_model fixture's own network builder, hence the same weights
+    (tmp_path / "tinynet.py").write_text("from tests.conftest import tiny_net as build\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     result = CliRunner().invoke(main, ["bench", str(tiny_model), "--batch", "1", "--method", "gradcam",

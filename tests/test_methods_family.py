@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from onnxcam.exporter.torch_baseline import PYTORCH_GRAD_CAM_CLASSES
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.methods import METHODS, finalise, get_method
 from onnxcam.runtime.methods.eigencam import eigencam, eigengradcam
@@ -259,15 +260,8 @@ def test_eigencam_constant_features_give_zero_map() -> None:
 
 CLASS = 7
 SIZE = 96
-PAIRS = {
-    "gradcam": "GradCAM",
-    "gradcampp": "GradCAMPlusPlus",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-    "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM",
-}
+# the gradient methods of the benchmark's name table (Score-CAM and Ablation-CAM: test_methods_passes.py)
+PAIRS = {ours: theirs for ours, theirs in PYTORCH_GRAD_CAM_CLASSES.items() if ours not in ("scorecam", "ablationcam")}
 
 
 @pytest.fixture(scope="module")
