@@ -10,6 +10,7 @@ Torch-free: ``onnxcam bench`` runs it without PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -74,9 +75,12 @@ class Measure:
     runs: int
 
 
-def measure(runner: Runner, batch: np.ndarray, *, warmup: int = 2, repeats: int = 5) -> Measure:
+def measure(runner: Runner, batch: np.ndarray, *, warmup: int = 2, repeats: int = 5,
+            separate_memory_run: bool = True) -> Measure:
     """Time ``runner(batch)``: ``warmup`` untimed calls, the median of ``repeats`` timed ones, then one more
-    call under :class:`PeakMemory` (kept out of the timed calls: the sampler costs time).
+    call under :class:`PeakMemory` (kept out of the timed calls: the sampler costs time). With
+    ``separate_memory_run=False`` the timed calls themselves run under the probe (for runs of minutes, where
+    a second run would double the cost and the sampler's share is negligible).
 
     Each runner is timed in one block, not interleaved with others: ONNX Runtime's and PyTorch's thread pools
     keep spinning for a while after a call, and on a 2-core machine that took up to half the CPU from
@@ -85,12 +89,15 @@ def measure(runner: Runner, batch: np.ndarray, *, warmup: int = 2, repeats: int 
     for _ in range(warmup):
         runner(batch)
     times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        runner(batch)
-        times.append(time.perf_counter() - start)
-    with PeakMemory() as peak:
-        runner(batch)
+    peak = PeakMemory()
+    with contextlib.nullcontext() if separate_memory_run else peak:
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            runner(batch)
+            times.append(time.perf_counter() - start)
+    if separate_memory_run:
+        with peak:
+            runner(batch)
     return Measure(1000.0 * statistics.median(times) / len(batch), peak.mb, len(times))
 
 
@@ -170,7 +177,7 @@ def bench(explainer: Explainer, batch: np.ndarray, methods: Sequence[str], *, mo
             say(f"{model} batch {len(batch)}: {method} ({side})")
             if method in slow_methods:
                 runner(batch[:1])
-                measured[side] = measure(runner, batch, warmup=0, repeats=1)
+                measured[side] = measure(runner, batch, warmup=0, repeats=1, separate_memory_run=False)
             else:
                 measured[side] = measure(runner, batch, warmup=warmup, repeats=repeats)
         rows.append(BenchRow(model, len(batch), method, floor, measured["onnxcam"], measured.get("baseline")))

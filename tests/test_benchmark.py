@@ -69,8 +69,11 @@ def test_floor_is_the_forward_pass_and_bench_fills_its_rows() -> None:
     logits = forward_floor(explainer)(batch)[0]
     np.testing.assert_allclose(logits, explainer.forward(batch)["logits"], rtol=1e-5, atol=1e-5)
     calls: list[int] = []
+    slow_calls: list[int] = []
 
     def baseline(method: str):
+        if method == "scorecam":
+            return lambda x: slow_calls.append(len(x))
         return (lambda x: calls.append(len(x))) if method == "gradcam" else None
 
     rows = bench(explainer, batch, ["gradcam", "cfcam", "scorecam"], baseline=baseline, warmup=1, repeats=2)
@@ -78,7 +81,7 @@ def test_floor_is_the_forward_pass_and_bench_fills_its_rows() -> None:
     assert rows[0].baseline is not None and rows[1].baseline is None
     assert calls == [3, 3, 3, 3]  # warm-up, 2 timed, memory
     assert rows[0].floor is rows[1].floor is rows[2].floor and rows[0].onnxcam.runs == 2
-    assert rows[2].onnxcam.runs == 1  # a slow method: one timed run
+    assert rows[2].onnxcam.runs == 1 and slow_calls == [1, 3]  # a slow method: one image, one timed run
 
 
 def test_bench_command_without_torch_column() -> None:
