@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import pathlib
 import sys
@@ -18,6 +19,8 @@ import numpy as np
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.version import __version__
 
+from . import options as cli_options
+from .options import input_options, preprocessing_options
 from .output import OutputWriter
 
 
@@ -59,8 +62,11 @@ def _method_help() -> str:
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
               help="ONNX Runtime intra-op threads (0: one per physical core).")
+@input_options
+@preprocessing_options
 def explain(model: str, images: tuple[str, ...], output: str, method: str, class_spec: str | None, device: str,
-            layers: tuple[str, ...], batch_size: int, alpha: float, colormap: str, threads: int) -> None:
+            layers: tuple[str, ...], batch_size: int, alpha: float, colormap: str, threads: int,
+            **input_and_preprocessing: Any) -> None:
     """Explain MODEL's decision on each IMAGE: writes <stem>.<method>.png (overlay), <stem>.<method>.npy (the
     map, [H,W] float32 in [0,1]) and manifest.json into the output folder."""
     from onnxcam.runtime import Explainer
@@ -74,7 +80,8 @@ def explain(model: str, images: tuple[str, ...], output: str, method: str, class
     for path in images:
         load_image(path)  # every image is checked before the model is loaded
     options = session_options(threads=threads or None)
-    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options)
+    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options,
+                          **_explainer_input(input_and_preprocessing))
     class_index = None if class_spec is None else explainer.class_index_of(class_spec)
     writer = OutputWriter(pathlib.Path(output))
     records = []
@@ -106,6 +113,9 @@ def explain(model: str, images: tuple[str, ...], output: str, method: str, class
         "method": method,
         "options": {"alpha": alpha, "colormap": colormap},
         "input_size": list(explainer.input_shape),
+        "input_layout": explainer.metadata.input_layout or "NCHW",
+        "preprocessing": explainer.preprocessing,
+        "preprocessing_source": explainer.preprocessing_source,
         "images": records,
     }
     writer.add("manifest.json", manifest)
@@ -125,8 +135,10 @@ def explain(model: str, images: tuple[str, ...], output: str, method: str, class
 @click.option("--layer", "layers", multiple=True, help="Target layer (repeat to fuse several).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(2), help="Deletion/insertion steps.")
 @click.option("--no-road", is_flag=True, help="Skip ROAD (its imputation is the slowest metric).")
+@input_options
+@preprocessing_options
 def evaluate(model: str, images: tuple[str, ...], methods: str, boxes_file: str | None, output: str, device: str,
-             layers: tuple[str, ...], steps: int, no_road: bool) -> None:
+             layers: tuple[str, ...], steps: int, no_road: bool, **input_and_preprocessing: Any) -> None:
     """Compare CAM methods on MODEL and IMAGEs: deletion/insertion AUC, Average Drop, Increase in Confidence,
     ROAD, gradient-noise robustness, pointing game and energy in box (with --boxes), and time per image.
     Writes evaluation.md, evaluation.csv and evaluation.png (overlays and curves) into the output folder."""
@@ -142,7 +154,8 @@ def evaluate(model: str, images: tuple[str, ...], methods: str, boxes_file: str 
     for path in images:
         load_image(path)
     boxes = _read_boxes(boxes_file, images) if boxes_file else None
-    explainer = Explainer(model, providers=device, layer=list(layers) or None)
+    explainer = Explainer(model, providers=device, layer=list(layers) or None,
+                          **_explainer_input(input_and_preprocessing))
     writer = OutputWriter(pathlib.Path(output))
     result = run_evaluation(explainer, list(images), names, boxes=boxes, steps=steps, road=not no_road,
                             progress=lambda name: click.echo(f"evaluating {name} on {len(images)} images ...",
@@ -210,7 +223,9 @@ def export(tv_name: str | None, factory: str | None, weights: str | None, layer:
             raise OnnxcamError(f"the weights do not fit the model: {str(exc).splitlines()[1].strip()}") from None
     labels = None
     if labels_file:
-        labels = [line.strip() for line in pathlib.Path(labels_file).read_text().splitlines() if line.strip()]
+        from onnxcam.exporter.annotate import read_labels
+
+        labels = read_labels(labels_file)
     click.echo(f"exporting {tv_name or factory} at layer '{layer}', input 3x{input_size}x{input_size} ...")
     path = export_torch(model, output, target_layer=layer, input_shape=(3, input_size, input_size),
                         labels=labels, opset=opset)
@@ -259,9 +274,10 @@ def _factory_model(spec: str) -> Any:
               help="'package.module:function' returning the PyTorch model MODEL was exported from (same weights): "
                    "adds pytorch-grad-cam's column (needs torch and grad-cam).")
 @click.option("--torch-layer", default=None, help="Target module in the PyTorch model (default: the recorded layer).")
+@input_options
 def bench(model: str, batches: tuple[int, ...], methods: tuple[str, ...], device: str, layers: tuple[str, ...],
           warmup: int, repeats: int, threads: int, optimisation: str, execution_mode: str, torch_module: str | None,
-          torch_layer: str | None) -> None:
+          torch_layer: str | None, input_size: str | None, input_layout: str | None) -> None:
     """Time explaining MODEL against its own forward pass: (a) ONNX Runtime's forward pass alone, (b) onnxcam
     end to end from a preprocessed batch to upsampled maps, (c) pytorch-grad-cam on PyTorch eager (with
     --torch-module); prints ms per image, (b)/(a), (c)/(b) and peak extra memory. Inputs are random images."""
@@ -274,7 +290,8 @@ def bench(model: str, batches: tuple[int, ...], methods: tuple[str, ...], device
     for name in methods:
         get_method(name)
     options = session_options(threads=threads or None, optimisation=optimisation, execution_mode=execution_mode)
-    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options)
+    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options,
+                          **_explainer_input({"input_size": input_size, "input_layout": input_layout}))
     baseline = None
     if torch_module:
         baseline = _torch_baseline(torch_module, torch_layer or explainer.metadata.target_layers[0])
@@ -308,16 +325,17 @@ def _torch_baseline(spec: str, layer: str) -> Any:
 
 @main.command()
 @click.argument("model", type=str)
-def layers(model: str) -> None:
-    """List MODEL's candidate target layers (feature maps and token tensors that feed the logits), whether
-    gradients reach each one, and the default (*)."""
+@input_options
+def layers(model: str, input_size: str | None, input_layout: str | None) -> None:
+    """List MODEL's candidate target layers (feature maps and token tensors computed from the image that feed
+    the logits), whether gradients reach each one, and the default (*)."""
     from onnxcam.exporter.layers import candidate_layers
     from onnxcam.runtime.explainer import load_model
     from onnxcam.runtime.metadata import read_metadata
 
     proto = load_model(model)
     meta = read_metadata(proto)
-    rows = candidate_layers(proto)
+    rows = candidate_layers(proto, input_size=cli_options.input_size(input_size), input_layout=input_layout)
     if not rows:
         raise OnnxcamError("found no feature map or token tensor before the logits; is this an image classifier?")
     width = max(len(r.name) for r in rows)
@@ -329,3 +347,50 @@ def layers(model: str) -> None:
         note = f"  <- exported target ({', '.join(meta.target_layers)})" if r.target else ""
         click.echo(f"{mark} {r.name:<{width}}  {r.op:<20} {shape:<16} {flow}{note}")
     click.echo("* default target layer (the last feature map before the head); pass another with --layer")
+
+
+def _explainer_input(values: dict[str, Any]) -> dict[str, Any]:
+    """Explainer keyword arguments from the shared input and preprocessing options."""
+    out: dict[str, Any] = {"input_size": cli_options.input_size(values.pop("input_size", None)),
+                           "input_layout": values.pop("input_layout", None)}
+    if values:
+        out["preprocessing"] = cli_options.preprocessing(**values) or None
+    return out
+
+
+@main.command()
+@click.argument("model", type=str)
+@click.option("-o", "--output", required=True, help="Path of the annotated .onnx file to write.")
+@input_options
+@preprocessing_options
+@click.option("--labels", "labels_file", default=None, help="Class names: a text file (one per line) or JSON.")
+@click.option("--layer", default=None, help="Default target layer (a tensor name from `onnxcam layers`).")
+@click.option("--target", type=click.Choice(["logit", "probability"]), default=None,
+              help="Explain the class score (logit, default) or its probability.")
+def annotate(model: str, output: str, input_size: str | None, input_layout: str | None, labels_file: str | None,
+             layer: str | None, target: str | None, **preprocessing: Any) -> None:
+    """Write onnxcam's metadata (input size and layout, preprocessing, labels, layer, target) into a copy of
+    MODEL, so that `onnxcam explain OUTPUT image.jpg` needs no flags. The graph and weights are untouched."""
+    from onnxcam.exporter.annotate import annotate as write_annotation
+    from onnxcam.exporter.annotate import read_labels
+
+    labels = read_labels(labels_file) if labels_file else None
+    recorded = write_annotation(model, output, input_size=cli_options.input_size(input_size), input_layout=input_layout,
+                                preprocessing=cli_options.preprocessing(**preprocessing), labels=labels, layer=layer,
+                                target=target)
+    size = "x".join(map(str, recorded["input_size"][1:]))
+    click.echo(f"wrote {output}: input {recorded['input_layout']} {size}, output {recorded['output_kind']}, "
+               f"target {recorded['target']}, {recorded['labels'] or 'no'} labels, preprocessing "
+               f"{json.dumps(recorded['preprocessing'])}")
+
+
+@main.command()
+@click.argument("model", type=str)
+@input_options
+def info(model: str, input_size: str | None, input_layout: str | None) -> None:
+    """Show what onnxcam will assume for MODEL: input layout and size, preprocessing, labels, output kind,
+    target and default layer."""
+    from .info import describe
+
+    for line in describe(model, input_size=cli_options.input_size(input_size), input_layout=input_layout):
+        click.echo(line)

@@ -16,9 +16,11 @@ from onnx import helper
 from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.runtime.metadata import CamMetadata, read_metadata, target_output_names, write_metadata
 
-from .graph import DynamicSizeError, GraphBuilder, TensorInfo, opset_of, set_ir_version
+from .graph import DynamicSizeError, GraphBuilder, TensorInfo, check_runs, opset_of, set_ir_version
+from .inputs import ADAPTER, ImageInput, data_inputs, fix_input
 from .layout import infer_layout
 from .rules import RULES, VJP
+from .scores import find_score, flatten_score
 from .torch_names import module_tensor
 
 #: Ops whose outputs carry no gradient (shapes, indices, comparisons).
@@ -43,11 +45,11 @@ def resolve_tensor(graph: onnx.GraphProto, name: str) -> str:
 
 
 def default_layer(model: onnx.ModelProto, logits: str | None = None, info: TensorInfo | None = None) -> str:
-    """The last 4-D float tensor with spatial size > 1 on the path to the logits."""
+    """The last 4-D float tensor with spatial size > 1 computed from the image on the path to the logits."""
     graph = model.graph
     info = info or TensorInfo(model)
     logits = logits or graph.output[0].name
-    feeds_logits = ancestors(graph, logits)
+    feeds_logits = ancestors(graph, logits) & image_dependents(graph)
     best = None
     for node in graph.node:
         for out in node.output:
@@ -59,6 +61,16 @@ def default_layer(model: onnx.ModelProto, logits: str | None = None, info: Tenso
         raise OnnxcamError("found no 4-D feature map with spatial size > 1 before the logits; "
                            "name the target layer with --layer")
     return best
+
+
+def image_dependents(graph: onnx.GraphProto) -> set[str]:
+    """Tensors whose value depends on the image input: never weights, Constant outputs, or tensors computed
+    from weights alone."""
+    dep = {i.name for i in data_inputs(graph)}
+    for node in graph.node:
+        if any(i in dep for i in node.input):
+            dep.update(o for o in node.output if o)
+    return dep
 
 
 def ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
@@ -86,17 +98,6 @@ def _dependents(graph: onnx.GraphProto, info: TensorInfo, source: str) -> set[st
     return dep
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    if old == new:
-        return
-    for node in graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        node.output[:] = [new if o == old else o for o in node.output]
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if vi.name == old:
-            vi.name = new
-
-
 def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = opset_of(model)
     if opset >= 16:
@@ -118,47 +119,55 @@ def add_gradients(
     target: str = "logit",
     layer_names: list[str] | None = None,
     layouts: list[dict] | None = None,
+    input_size: tuple[int, int] | None = None,
+    input_layout: str | None = None,
 ) -> onnx.ModelProto:
-    """Return ``model`` rewritten to the onnxcam contract (DESIGN.md §3).
+    """Return ``model`` rewritten to the onnxcam contract (docs/design.md, "The ONNX contract").
 
-    Inputs ``input`` (float32 ``[N,3,H,W]``) and ``class_index`` (int64 ``[N]``, −1 = argmax);
-    outputs ``logits``, ``activations`` and ``gradients`` = ∂ score / ∂ activations, where score is the
-    logit of the class (``target="logit"``) or its softmax probability (``target="probability"``).
+    Inputs ``input`` (float32 ``[N,C,H,W]``, whatever the model's own layout) and ``class_index`` (int64
+    ``[N]``, −1 = argmax); outputs ``logits`` (the class score), ``activations`` and ``gradients`` =
+    ∂ score / ∂ activations, where score is the class's score (``target="logit"``) or its probability
+    (``target="probability"``). A model that ends in Softmax / LogSoftmax / Sigmoid is differentiated from
+    that node's input, the class score (``scores.py``).
     ``activations`` names the target tensor(s) (default: :func:`default_layer`) — a tensor name, or a torch
     module name in a graph from torch's TorchScript exporter (``torch_names.py``); with several, the outputs
     are ``activations_i`` / ``gradients_i``. ``layer_names`` are the user-facing names stored in metadata;
     ``layouts`` override the inferred layout of each target (NCHW, NHWC or tokens, see ``layout.py``).
+    ``input_size`` = (H, W) fixes a dynamic image size; ``input_layout`` (NCHW/NHWC) overrides the detected
+    layout of the image input (``inputs.py``).
     """
     if target not in TARGETS:
         raise OnnxcamError(f"unknown gradient target '{target}'; use one of {', '.join(TARGETS)}")
+    meta = read_metadata(model)
     model = _ensure_opset(strip_gradients(model))
+    model, source = fix_model_input(model, meta, input_size, input_layout)
     graph = model.graph
-    init_names = {i.name for i in graph.initializer}
-    data_inputs = [i for i in graph.input if i.name not in init_names]
-    if len(data_inputs) != 1:
-        raise OnnxcamError(f"expected a classifier with one image input, found {len(data_inputs)} inputs "
-                           f"({', '.join(i.name for i in data_inputs)})")
     logits = logits or graph.output[0].name
     if logits not in {o.name for o in graph.output} and logits not in producers(graph):
         raise OnnxcamError(f"tensor '{logits}' (logits) is not in the model")
+    if logits == "input":
+        raise OnnxcamError("the logits tensor is the model input")
+    if source.resized:
+        check_runs(model, logits)
+    info = TensorInfo(model)
+    _probe(model, info, [logits])
+    score = find_score(model, logits, info)
+    _probe(model, info, [score.tensor])
+    score = flatten_score(model, score, info)
+    logits = score.tensor
     if activations is None:
-        requested = [default_layer(model, logits)]
+        requested = [default_layer(model, logits, info)]
     else:
         requested = [activations] if isinstance(activations, str) else list(activations)
     known = producers(graph).keys() | {i.name for i in graph.input}
     tensors = []
     for name in requested:
-        tensor = name if name in known else module_tensor(graph, name)
+        tensor = "input" if name == source.name else name
+        tensor = tensor if tensor in known else module_tensor(graph, name)
         if tensor is None:
             raise OnnxcamError(f"unknown layer '{name}'; run `onnxcam layers MODEL` to list the candidates")
         tensors.append(tensor)
     targets = [resolve_tensor(graph, name) for name in tensors]
-
-    _rename(graph, data_inputs[0].name, "input")
-    if logits == data_inputs[0].name:
-        raise OnnxcamError("the logits tensor is the model input")
-    targets = ["input" if t == data_inputs[0].name else t for t in targets]
-    info = TensorInfo(model)
     _probe(model, info, [logits, *targets])
     logits_shape = info.shape(logits)
     if len(logits_shape) != 2 or logits_shape[1] is None:
@@ -166,7 +175,7 @@ def add_gradients(
     num_classes = logits_shape[1]
 
     b = GraphBuilder()
-    seed = _seed(b, logits, num_classes, target)
+    seed = _seed(b, logits, num_classes, target, score.kind)
 
     outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])]
     extra_nodes = [helper.make_node("Identity", [logits], ["logits"], name="onnxcam/logits")]
@@ -188,7 +197,6 @@ def add_gradients(
     del graph.value_info[:]
     set_ir_version(model)
 
-    meta = read_metadata(model)
     meta.target_tensors = targets
     meta.target_layers = layer_names or requested
     input_hw = info.shape("input")[2:4]
@@ -197,11 +205,16 @@ def add_gradients(
         raise OnnxcamError(f"{len(meta.layouts)} layouts given for {len(targets)} target layers")
     meta.layout = meta.layouts[0]["layout"]
     meta.target = target
-    meta.input_size = meta.input_size or [d for d in info.shape("input")[1:]]
+    meta.input_size = [d for d in info.shape("input")[1:]]
+    meta.input_layout = source.layout
+    if score.kind != "logits" or not meta.output_kind:
+        meta.output_kind = score.kind
     meta.provenance.setdefault("source_framework", model.producer_name or "onnx")
     meta.provenance["opset"] = opset_of(model)
     meta.provenance["gradient_pass"] = "onnxcam"
     meta.provenance["logits_tensor"] = logits
+    meta.provenance.setdefault("input_tensor", source.name)
+    meta.provenance.setdefault("output_tensor", score.output)
     write_metadata(model, meta)
     try:
         onnx.checker.check_model(model, full_check=False)
@@ -210,14 +223,34 @@ def add_gradients(
     return model
 
 
-def _seed(b: GraphBuilder, logits: str, num_classes: int, target: str) -> str:
-    """∂ score / ∂ logits: OneHot(c) for a logit, p_c·(OneHot(c) − p) for a softmax probability, where
-    c = class_index, or argmax(logits) where class_index < 0."""
+def fix_model_input(model: onnx.ModelProto, meta: CamMetadata, input_size: tuple[int, int] | None,
+               input_layout: str | None) -> tuple[onnx.ModelProto, ImageInput]:
+    """``fix_input`` with what the metadata records: its input size, and its layout unless the graph already
+    carries onnxcam's NCHW adapter (an augmented file: then the source layout is the recorded one)."""
+    recorded = tuple(meta.input_size[1:]) if meta.input_size and len(meta.input_size) == 3 else None
+    adapted = any(n.name.startswith(ADAPTER + "input_layout") for n in model.graph.node)
+    if adapted:
+        if input_layout and input_layout.upper() != (meta.input_layout or "NHWC"):
+            raise OnnxcamError(f"--input-layout {input_layout} contradicts the file, whose model was recorded as "
+                               f"{meta.input_layout or 'NHWC'}; leave the option out")
+        fixed, found = fix_input(model, input_size=input_size, layout="NCHW", recorded_size=recorded)
+        return fixed, ImageInput(meta.provenance.get("input_tensor", found.name), found.dims, "NHWC",
+                                 found.detected, found.resized)
+    layout = input_layout or meta.input_layout
+    return fix_input(model, input_size=input_size, layout=layout, recorded_size=recorded)
+
+
+def _seed(b: GraphBuilder, logits: str, num_classes: int, target: str, kind: str = "logits") -> str:
+    """∂ score / ∂ logits: OneHot(c) for a logit; for a probability p_c·(OneHot(c) − p) (softmax) or
+    p_c·(1 − p_c)·OneHot(c) (sigmoid heads), where c = class_index, or argmax(logits) where class_index < 0."""
     predicted = b.op("ArgMax", logits, axis=1, keepdims=0)
     chosen = b.op("Where", b.op("Less", "class_index", b.const(0, np.int64)), predicted, "class_index")
     onehot = b.op("OneHot", chosen, b.const([num_classes], np.int64), b.const([0.0, 1.0]), axis=-1)
     if target == "logit":
         return onehot
+    if kind == "sigmoid":
+        p = b.op("Sigmoid", logits)
+        return b.op("Mul", onehot, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))
     p = b.op("Softmax", logits, axis=1)
     pc = b.op("ReduceSum", b.op("Mul", p, onehot), b.ints([1]), keepdims=1)
     return b.op("Mul", pc, b.op("Sub", onehot, p))
@@ -238,8 +271,9 @@ def _probe(model: onnx.ModelProto, info: TensorInfo, names: list[str]) -> None:
         open_sizes = [t for t in names if info.shapes.get(t) is None or None in info.shapes[t][1:]]
         node = next((made_by[t] for t in open_sizes if t in made_by), None)
         where = f"{node.op_type} node '{node.name}'" if node is not None else f"tensor '{open_sizes[0]}'"
-        raise OnnxcamError(f"{where} has a dynamic spatial size ({exc}); re-export the classifier with a fixed "
-                           "input size such as 3x224x224 (only the batch may be dynamic)") from None
+        raise OnnxcamError(f"{where} has a dynamic spatial size ({exc}); pass the image size with --input-size "
+                           "HxW (Explainer(input_size=(H, W))), or record it with `onnxcam annotate --input-size`"
+                           ) from None
 
 
 def path_nodes(model: onnx.ModelProto, info: TensorInfo, source: str, logits: str,
@@ -290,7 +324,7 @@ def strip_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
     if not any(n.name.startswith("onnxcam/") for n in g.node):
         return out
     meta: CamMetadata = read_metadata(out)
-    kept = [n for n in g.node if not n.name.startswith("onnxcam/")]
+    kept = [n for n in g.node if not n.name.startswith("onnxcam/") or n.name.startswith(ADAPTER)]
     del g.node[:]
     g.node.extend(kept)
     used = {i for n in kept for i in n.input}

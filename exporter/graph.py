@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -101,12 +102,13 @@ class TensorInfo:
         del probe.graph.output[:]
         probe.graph.output.append(helper.make_empty_tensor_value_info(name))
         set_ir_version(probe)
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = {}
-        for inp in sess.get_inputs():
-            dims = [d if isinstance(d, int) else batch for d in inp.shape]
-            feeds[inp.name] = np.full(dims, fill, np.float32)
-        return np.asarray(sess.run([name], feeds)[0])
+        with _runs_at_input_size(probe):
+            sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            feeds = {}
+            for inp in sess.get_inputs():
+                dims = [d if isinstance(d, int) else batch for d in inp.shape]
+                feeds[inp.name] = np.full(dims, fill, np.float32)
+            return np.asarray(sess.run([name], feeds)[0])
 
     def shape(self, name: str) -> Shape:
         """Static shape of ``name`` (``None`` for the batch dimension); error when unknown."""
@@ -138,7 +140,8 @@ class TensorInfo:
         set_ir_version(probe)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        with _runs_at_input_size(probe):
+            sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         feeds_by_batch = []
         for batch in (1, 2):
             feeds = {}
@@ -148,11 +151,44 @@ class TensorInfo:
                     raise DynamicSizeError(inp.shape)
                 feeds[inp.name] = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
             feeds_by_batch.append(feeds)
-        r1, r2 = (dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in feeds_by_batch)
+        with _runs_at_input_size(probe):
+            r1, r2 = (dict(zip([o.name for o in sess.get_outputs()], sess.run(None, f))) for f in feeds_by_batch)
         for n in missing:
             a, b = np.asarray(r1[n]), np.asarray(r2[n])
             self.shapes[n] = tuple(None if x != y else x for x, y in zip(a.shape, b.shape))
             self.types[n] = helper.np_dtype_to_tensor_dtype(a.dtype)
+
+
+def check_runs(model: onnx.ModelProto, output: str) -> None:
+    """Run ``model`` once at batch 1 up to ``output``: a fixed input size the model cannot take fails here."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.append(helper.make_empty_tensor_value_info(output))
+    set_ir_version(probe)
+    with _runs_at_input_size(probe):
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                 for i in sess.get_inputs()}
+        sess.run(None, feeds)
+
+
+@contextlib.contextmanager
+def _runs_at_input_size(model: onnx.ModelProto) -> Iterator[None]:
+    """ONNX Runtime failing to run the model on its declared input (a wrong --input-size, usually) → one line."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        from onnxcam.runtime.session import ort_message
+
+        inp = model.graph.input[0]
+        dims = "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in inp.type.tensor_type.shape.dim)
+        raise OnnxcamError(f"the model does not run on an input of {dims} ({ort_message(exc)}); pass the image "
+                           "size it was made for with --input-size HxW") from None
 
 
 class GraphBuilder:

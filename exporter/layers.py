@@ -8,8 +8,17 @@ import onnx
 
 from onnxcam.runtime.metadata import read_metadata
 
-from .gradient_pass import ancestors, default_layer, path_nodes, producers, strip_gradients
+from .gradient_pass import (
+    ancestors,
+    default_layer,
+    fix_model_input,
+    image_dependents,
+    path_nodes,
+    producers,
+    strip_gradients,
+)
 from .graph import TensorInfo
+from .inputs import ADAPTER
 from .rules import RULES
 
 
@@ -27,14 +36,16 @@ class LayerInfo:
     target: bool
 
 
-def candidate_layers(model: onnx.ModelProto) -> list[LayerInfo]:
-    """Every 4-D (spatial size > 1) or 3-D float tensor that feeds the logits, in graph order."""
+def candidate_layers(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = None,
+                     input_layout: str | None = None) -> list[LayerInfo]:
+    """Every 4-D (spatial size > 1) or 3-D float tensor computed from the image that feeds the logits, in
+    graph order (never weights or Constant outputs). ``input_size`` / ``input_layout`` as for add_gradients."""
     meta = read_metadata(model)
-    forward = strip_gradients(model)
+    forward, _ = fix_model_input(strip_gradients(model), meta, input_size, input_layout)
     graph = forward.graph
     logits = graph.output[0].name
     info = TensorInfo(forward)
-    feeds_logits = ancestors(graph, logits)
+    feeds_logits = ancestors(graph, logits) & image_dependents(graph)
     try:
         default = default_layer(forward, logits, info)
     except Exception:  # noqa: BLE001 - no 4-D candidate: no default to mark
@@ -44,7 +55,8 @@ def candidate_layers(model: onnx.ModelProto) -> list[LayerInfo]:
     for node in graph.node:
         for name in node.output:
             shape = info.shapes.get(name)
-            if not (name in feeds_logits and info.is_float(name) and shape and made_by[name] is node):
+            if not (name in feeds_logits and info.is_float(name) and shape and made_by[name] is node
+                    and not node.name.startswith(ADAPTER)):
                 continue
             if not (len(shape) == 3 or (len(shape) == 4 and None not in shape[2:] and shape[2] * shape[3] > 1)):
                 continue

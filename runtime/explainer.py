@@ -14,10 +14,17 @@ import onnx
 
 from .errors import OnnxcamError
 from .layout import to_nchw
-from .metadata import IMAGENET_PREPROCESSING, CamMetadata, has_gradients, read_metadata, target_output_names
+from .metadata import (
+    IMAGENET_PREPROCESSING,
+    CamMetadata,
+    class_probabilities,
+    has_gradients,
+    read_metadata,
+    target_output_names,
+)
 from .methods import check_options, finalise, get_method
 from .methods.context import CAMContext
-from .preprocess import as_rgb, load_image, model_view, normalise
+from .preprocess import as_rgb, check_preprocessing, load_image, model_view, normalise
 from .session import create_session, run
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
@@ -70,9 +77,7 @@ def load_model(model: ModelSource) -> onnx.ModelProto:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed stably."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return class_probabilities(logits, "softmax")
 
 
 class Explainer:
@@ -83,19 +88,28 @@ class Explainer:
     images per ORT run in the extra passes of Score-CAM and Ablation-CAM.
     ``providers``: "auto", "cuda", "cpu" or an ORT providers list; ``session_options`` an ORT SessionOptions
     (see :func:`onnxcam.runtime.session.session_options`), used for every session the explainer opens.
+    ``input_size`` = (H, W) fixes a dynamic image size and ``input_layout`` ("NCHW"/"NHWC") overrides the
+    detected layout of a plain classifier's input; ``preprocessing`` overrides keys of the file's
+    preprocessing (resize, crop, scale, mean, std, channel_order; ImageNet's when the file carries none).
     """
 
     def __init__(self, model: ModelSource, *, providers: str | Sequence[Any] = "auto",
-                 layer: str | Sequence[str] | None = None, session_options: Any = None, batch_size: int = 32) -> None:
+                 layer: str | Sequence[str] | None = None, session_options: Any = None, batch_size: int = 32,
+                 input_size: tuple[int, int] | None = None, input_layout: str | None = None,
+                 preprocessing: dict[str, Any] | None = None) -> None:
         proto = load_model(model)
         meta = read_metadata(proto)
         layers = [layer] if isinstance(layer, str) else list(layer or [])
         same = layers in (meta.target_layers, meta.target_tensors) or (
             len(layers) == len(meta.target_layers) == 1 and layers[0] in meta.target_tensors)
-        if not has_gradients(proto) or (layers and not same):
+        recorded_size = tuple(meta.input_size[1:]) if meta.input_size else None
+        new_input = (input_size is not None and tuple(input_size) != recorded_size) or (
+            input_layout is not None and input_layout.upper() != (meta.input_layout or "NCHW"))
+        if not has_gradients(proto) or (layers and not same) or new_input:
             from onnxcam.exporter.gradient_pass import add_gradients  # onnx only, never torch
 
-            proto = add_gradients(proto, activations=layers or None, target=meta.target)
+            proto = add_gradients(proto, activations=layers or meta.target_layers or None, target=meta.target,
+                                  input_size=input_size, input_layout=input_layout)
             meta = read_metadata(proto)
         self.model = proto
         self.metadata: CamMetadata = meta
@@ -103,12 +117,18 @@ class Explainer:
         self.session = create_session(proto.SerializeToString(), providers, session_options)
         dims = self.session.get_inputs()[0].shape
         if any(not isinstance(d, int) for d in dims[1:]):
-            raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; export it with a fixed size")
+            raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; pass --input-size HxW")
         self.input_shape: tuple[int, int, int] = tuple(dims[1:])
         outputs = [o.name for o in self.session.get_outputs()]
         self._pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
         self.num_classes = int(self.session.get_outputs()[0].shape[1])
-        self.preprocessing: dict[str, Any] = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
+        base = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
+        #: where the preprocessing comes from: "file", "assumed (ImageNet)", plus "overridden" with overrides
+        self.preprocessing_source = "file" if meta.preprocessing else "assumed (ImageNet)"
+        if preprocessing:
+            base.update({k: v for k, v in preprocessing.items() if v is not None})
+            self.preprocessing_source += ", overridden"
+        self.preprocessing: dict[str, Any] = check_preprocessing(base, self.input_shape[0])
         self._layouts = meta.layouts or [{"layout": "NCHW"}] * len(self._pairs)
         self.batch_size = batch_size
         self._forward_session: Any = None
@@ -159,7 +179,7 @@ class Explainer:
         size = self.input_shape[1:]
         views = np.stack([model_view(load_image(im) if isinstance(im, str | os.PathLike) else as_rgb(im),
                                      self.preprocessing, size) for im in images])
-        return normalise(views, self.preprocessing), views
+        return normalise(views, self.preprocessing, channels=self.input_shape[0]), views
 
     def forward(self, batch: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None,
                 ) -> dict[str, np.ndarray]:
@@ -206,7 +226,7 @@ class Explainer:
         for start in range(0, len(inputs), self.batch_size):
             chunk = np.ascontiguousarray(inputs[start:start + self.batch_size], dtype=np.float32)
             logits = run(session, {session.get_inputs()[0].name: chunk})[0]
-            values = softmax(logits) if probability else logits
+            values = class_probabilities(logits, self.metadata.output_kind) if probability else logits
             out[start:start + len(chunk)] = values[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
         return out
 
@@ -265,7 +285,8 @@ class Explainer:
         if self.labels:
             names = [self.labels[c] for c in chosen] if chosen.ndim == 1 else [[self.labels[c] for c in row]
                                                                                  for row in chosen]
-        return Explanation(cams=cams, class_index=chosen, logits=logits, probabilities=softmax(logits),
+        return Explanation(cams=cams, class_index=chosen, logits=logits,
+                           probabilities=class_probabilities(logits, self.metadata.output_kind),
                            method=method, providers=self.providers, labels=names, images=views,
                            options=dict(method_options))
 

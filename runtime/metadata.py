@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import onnx
 
 FORMAT_VERSION = 1
@@ -35,6 +36,10 @@ class CamMetadata:
     runtime/layout.py) and ``layout`` the first one's kind.
     ``preprocessing``: ``x = (pixel·scale − mean) / std`` after an optional short-side ``resize`` and centre
     ``crop`` (``[H, W]``); with neither, the image is resized straight to the input size.
+    ``input_size`` is ``[C, H, W]`` of the graph's NCHW ``input``; ``input_layout`` the layout of the source
+    model's own image input (NCHW, or NHWC behind onnxcam's Transpose adapter; None: detect it).
+    ``output_kind``: what the source model outputs (``logits``, ``softmax``, ``log_softmax``, ``sigmoid``);
+    ``logits`` is always the class score, and probabilities are computed from it accordingly.
     """
 
     target_layers: list[str] = field(default_factory=list)
@@ -45,6 +50,8 @@ class CamMetadata:
     preprocessing: dict[str, Any] | None = None
     labels: list[str] | None = None
     target: str = "logit"
+    input_layout: str | None = None
+    output_kind: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -82,3 +89,13 @@ def has_gradients(model: onnx.ModelProto) -> bool:
     """True when ``model`` already follows the onnxcam contract (outputs ``logits`` and ``gradients``)."""
     names = {o.name for o in model.graph.output}
     return "logits" in names and ("gradients" in names or "gradients_0" in names)
+
+
+def class_probabilities(logits: np.ndarray, kind: str | None) -> np.ndarray:
+    """Class probabilities from class scores: sigmoid for multi-label (``sigmoid``) heads, else a softmax
+    over classes (never applied twice: ``logits`` is always the score before the model's own softmax)."""
+    z = np.asarray(logits)
+    if kind == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -68,11 +68,50 @@ def _resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, size_wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def normalise(views: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """``[N,H,W,3]`` uint8 → float32 ``[N,3,H,W]``: x = (pixel·scale − mean) / std in ``channel_order``."""
+def normalise(views: np.ndarray, spec: dict[str, Any], channels: int = 3) -> np.ndarray:
+    """``[N,H,W,3]`` uint8 → float32 ``[N,C,H,W]``: x = (pixel·scale − mean) / std in ``channel_order``;
+    for a one-channel model (C = 1) the pixel is the luma 0.299 R + 0.587 G + 0.114 B."""
     x = views.astype(np.float32)
-    if spec.get("channel_order", "RGB").upper() == "BGR":
+    if channels == 1:
+        x = x @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
+    elif spec.get("channel_order", "RGB").upper() == "BGR":
         x = x[..., ::-1]
     x = x * np.float32(spec.get("scale", 1 / 255))
     x = (x - np.asarray(spec.get("mean", 0.0), np.float32)) / np.asarray(spec.get("std", 1.0), np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+PREPROCESSING_KEYS = ("resize", "crop", "scale", "mean", "std", "channel_order")
+
+
+def check_preprocessing(spec: dict[str, Any], channels: int = 3) -> dict[str, Any]:
+    """``spec`` with its values checked (one-line errors naming the option) and ``crop`` as ``[H, W]``."""
+    out = dict(spec)
+    unknown = sorted(set(out) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise OnnxcamError(f"unknown preprocessing key(s) {', '.join(unknown)}; use {', '.join(PREPROCESSING_KEYS)}")
+    for key in ("mean", "std"):
+        value = out.get(key, 0.0 if key == "mean" else 1.0)
+        values = [value] if isinstance(value, int | float) else list(value)
+        if len(values) not in (1, channels) or not all(isinstance(v, int | float) for v in values):
+            raise OnnxcamError(f"--{key} needs {channels} numbers (one per channel, e.g. --{key} "
+                               f"{','.join(['0.5'] * channels)}) or one for all, got {value!r}")
+        if key == "std" and any(v == 0 for v in values):
+            raise OnnxcamError("--std must not contain 0; pass the model's per-channel standard deviations")
+        out[key] = [float(v) for v in values] if len(values) > 1 else float(values[0])
+    scale = out.get("scale", 1 / 255)
+    if not isinstance(scale, int | float) or scale <= 0:
+        raise OnnxcamError(f"--scale must be a positive number (e.g. 0.00392 = 1/255), got {scale!r}")
+    order = str(out.get("channel_order", "RGB")).upper()
+    if order not in ("RGB", "BGR"):
+        raise OnnxcamError(f"--channel-order must be RGB or BGR, got {out.get('channel_order')!r}")
+    out["channel_order"] = order
+    if out.get("resize") is not None and (not isinstance(out["resize"], int) or out["resize"] < 1):
+        raise OnnxcamError(f"--resize must be a positive whole number of pixels, got {out['resize']!r}")
+    crop = out.get("crop")
+    if crop is not None:
+        crop = [crop, crop] if isinstance(crop, int) else list(crop)
+        if len(crop) != 2 or not all(isinstance(c, int) and c > 0 for c in crop):
+            raise OnnxcamError(f"--crop must be a positive size N (or [H, W]), got {out['crop']!r}")
+        out["crop"] = crop
+    return out

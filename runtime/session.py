@@ -72,7 +72,7 @@ def create_session(model: bytes, providers: str | Sequence[Any] = "auto", option
         if providers not in DEVICES:
             raise OnnxcamError(f"unknown device '{providers}'; use one of {', '.join(DEVICES)}")
         if providers == "cpu" or (providers == "auto" and CUDA not in available):
-            return ort.InferenceSession(model, options, providers=[CPU])
+            return _session(ort, model, options, [CPU])
         if CUDA not in available:
             raise ProviderError("CUDA was requested but this ONNX Runtime has no CUDA provider (available: "
                                 f"{', '.join(available)}); install onnxcam[gpu] on a machine with an NVIDIA GPU, "
@@ -90,7 +90,18 @@ def create_session(model: bytes, providers: str | Sequence[Any] = "auto", option
                                     "runtime installed and a GPU visible?); use --device cpu")
             return ort.InferenceSession(model, options, providers=[CPU])
         return session
-    return ort.InferenceSession(model, options, providers=list(providers))
+    return _session(ort, model, options, list(providers))
+
+
+def _session(ort: Any, model: bytes, options: Any, providers: list) -> Any:
+    """``ort.InferenceSession``, with ONNX Runtime's refusal to load a model as a one-line error."""
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # noqa: BLE001
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise OnnxcamError(f"ONNX Runtime cannot load the model ({ort_message(exc)}); check that the file is a "
+                           "valid ONNX model for this onnxruntime version") from None
 
 
 def on_cuda(session: Any) -> bool:
@@ -107,8 +118,36 @@ def run(session: Any, feeds: dict[str, np.ndarray], *, io_binding: bool | None =
     """
     if io_binding is None:
         io_binding = on_cuda(session)
-    if not io_binding:
-        return session.run(None, feeds)
+    try:
+        if not io_binding:
+            return session.run(None, feeds)
+        return _run_bound(session, feeds)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad inputs
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise OnnxcamError(f"ONNX Runtime rejected the input ({ort_message(exc)}); the model expects "
+                           f"{expected_inputs(session)}: pass image files or arrays and let onnxcam preprocess "
+                           "them, or a batch of exactly that shape and type") from None
+
+
+def ort_message(exc: BaseException) -> str:
+    """The useful first line of an ONNX Runtime error, without its ``[ONNXRuntimeError] : 2 : ...`` prefix."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rsplit(" : ", 1)[-1].strip()
+
+
+def expected_inputs(session: Any) -> str:
+    """``'input' float32 [N,3,224,224], 'class_index' int64 [N]``: what a session's inputs must be."""
+    parts = []
+    for inp in session.get_inputs():
+        dtype = inp.type.removeprefix("tensor(").removesuffix(")")
+        dtype = {"float": "float32", "double": "float64"}.get(dtype, dtype)
+        dims = ",".join(str(d) if isinstance(d, int) else "N" for d in inp.shape)
+        parts.append(f"'{inp.name}' {dtype} [{dims}]")
+    return ", ".join(parts)
+
+
+def _run_bound(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     binding = session.io_binding()
     for name, value in feeds.items():
         binding.bind_cpu_input(name, np.ascontiguousarray(value))

@@ -94,18 +94,23 @@ def test_shape_inference_failure_falls_back_to_probing(monkeypatch):
     np.testing.assert_allclose(grad[1], finite_difference(feat[1].astype(np.float64), 1), atol=1e-6)
 
 
-def test_dynamic_spatial_size_is_a_precise_error():
+def test_dynamic_spatial_size_asks_for_input_size():
     model = classifier(17)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
-    with pytest.raises(OnnxcamError, match=r"Conv node 'conv' has a dynamic spatial size .*fixed input size"):
+    with pytest.raises(OnnxcamError, match=r"'image' \[N,3,\?,\?\] has a dynamic image size; pass --input-size") as err:
         add_gradients(model, activations="feat")
+    assert "re-export" not in str(err.value)
+    fixed = add_gradients(model, activations="feat", input_size=(8, 8))
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    _, feat, grad = run(fixed, x, np.array([1]))
+    np.testing.assert_allclose(grad[0], finite_difference(feat[0].astype(np.float64), 1), atol=1e-6)
 
 
 def test_missing_rule_and_unreachable_layer_are_precise_errors():
     model = classifier(17)
-    model.graph.node[1].op_type = "Softplus"  # relu → softplus: no rule
-    with pytest.raises(UnsupportedOpError, match=r"no gradient rule for op Softplus \(node 'relu'\).*pick a target"):
+    model.graph.node[1].op_type = "Hardmax"  # relu → hardmax: no rule
+    with pytest.raises(UnsupportedOpError, match=r"no gradient rule for op Hardmax \(node 'relu'\).*pick a target"):
         add_gradients(model, activations="feat")
     side = classifier(17)
     side.graph.node.append(helper.make_node("Relu", ["feat"], ["dead_end"], name="unused"))
