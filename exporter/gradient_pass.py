@@ -17,7 +17,7 @@ from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.runtime.metadata import CamMetadata, read_metadata, target_output_names, write_metadata
 
 from .graph import DynamicSizeError, GraphBuilder, TensorInfo, check_runs, opset_of, set_ir_version
-from .inputs import ADAPTER, ImageInput, data_inputs, fix_input
+from .inputs import ADAPTER, ImageInput, data_inputs, fix_input, rename_everywhere
 from .layout import infer_layout
 from .rules import RULES, VJP
 from .scores import find_score, flatten_score
@@ -155,6 +155,9 @@ def add_gradients(
     _probe(model, info, [score.tensor])
     score = flatten_score(model, score, info)
     logits = score.tensor
+    if logits != "logits" and "logits" in producers(graph):  # the model's own output (a probability) is 'logits'
+        rename_everywhere(graph, "logits", f"{ADAPTER}model_output")
+        info = TensorInfo(model)
     if activations is None:
         requested = [default_layer(model, logits, info)]
     else:

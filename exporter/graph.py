@@ -95,7 +95,9 @@ class TensorInfo:
         return self.constants[name]
 
     def _evaluate(self, name: str, batch: int, fill: float) -> np.ndarray:
-        import onnxruntime as ort
+        from onnxcam.runtime.session import onnxruntime
+
+        ort = onnxruntime()
 
         probe = onnx.ModelProto()
         probe.CopyFrom(self.model)
@@ -129,7 +131,9 @@ class TensorInfo:
             self.shapes.get(n) is None or None in self.shapes[n][1:] or self.types.get(n) is None)]
         if not missing:
             return
-        import onnxruntime as ort
+        from onnxcam.runtime.session import onnxruntime
+
+        ort = onnxruntime()
 
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
@@ -161,7 +165,9 @@ class TensorInfo:
 
 def check_runs(model: onnx.ModelProto, output: str) -> None:
     """Run ``model`` once at batch 1 up to ``output``: a fixed input size the model cannot take fails here."""
-    import onnxruntime as ort
+    from onnxcam.runtime.session import onnxruntime
+
+    ort = onnxruntime()
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

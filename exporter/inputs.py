@@ -134,14 +134,14 @@ def fix_input(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = No
         del graph.value_info[:]
     source_dims = (None, channels, *size) if found.layout == "NCHW" else (None, *size, channels)
     if found.layout == "NCHW":
-        _rename_everywhere(graph, found.name, "input")
+        rename_everywhere(graph, found.name, "input")
         graph.input[position].CopyFrom(helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
                                                                      ["N", channels, *size]))
     else:
         internal = found.name if found.name != "input" else f"{ADAPTER}image"
-        _rename_everywhere(graph, found.name, internal)
+        rename_everywhere(graph, found.name, internal)
         if found.name != "input":
-            _rename_everywhere(graph, "input", f"{ADAPTER}renamed_input")
+            rename_everywhere(graph, "input", f"{ADAPTER}renamed_input")
         graph.input.remove(graph.input[position])
         graph.input.insert(position, helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
                                                                    ["N", channels, *size]))
@@ -150,7 +150,7 @@ def fix_input(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = No
     return out, ImageInput(found.name, source_dims, found.layout, found.detected, list(found.size) != size)
 
 
-def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
+def rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
     if old == new:
         return
     for node in graph.node:

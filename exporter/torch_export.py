@@ -19,7 +19,13 @@ import numpy as np
 import onnx
 
 from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.metadata import IMAGENET_PREPROCESSING, CamMetadata, target_output_names, write_metadata
+from onnxcam.runtime.metadata import (
+    IMAGENET_PREPROCESSING,
+    CamMetadata,
+    read_metadata,
+    target_output_names,
+    write_metadata,
+)
 from onnxcam.runtime.version import __version__
 
 from .gradient_pass import add_gradients
@@ -47,8 +53,9 @@ def _layer(model: Any, name: str) -> Any:
                            f"one of: {tops}") from None
 
 
-def _capturing(model: Any, layer_names: Sequence[str]) -> Any:
-    """A module returning ``(logits, *layer outputs)``; hooks hand downstream a clone (in-place safe)."""
+def _capturing(model: Any, layer_names: Sequence[str], score_module: Any = None) -> Any:
+    """A module returning ``(logits, *layer outputs)``; hooks hand downstream a clone (in-place safe).
+    With ``score_module`` (the model's final Softmax/Sigmoid), ``logits`` is that module's input."""
     torch = _require_torch()
     layers = [_layer(model, name) for name in layer_names]
 
@@ -70,8 +77,13 @@ def _capturing(model: Any, layer_names: Sequence[str]) -> Any:
                 return hook
 
             handles = [layer.register_forward_hook(hook_for(name)) for name, layer in zip(layer_names, layers)]
+            scores: list = []
+            if score_module is not None:
+                handles.append(score_module.register_forward_hook(lambda _m, inputs, _out: scores.append(inputs[0])))
             try:
                 logits = self.model(x)
+                if scores:
+                    logits = scores[-1].reshape(len(x), -1)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -88,20 +100,37 @@ def _names(layers: str | Sequence[str]) -> list[str]:
     return [layers] if isinstance(layers, str) else list(layers)
 
 
+def final_activation(model: Any) -> Any:
+    """The model's last Softmax / LogSoftmax / Sigmoid module (what onnxcam skips to reach the class score)."""
+    torch = _require_torch()
+    kinds = (torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Sigmoid)
+    found = [m for m in model.modules() if isinstance(m, kinds)]
+    if not found:
+        raise OnnxcamError("the exported graph ends in a softmax or sigmoid that is not an nn.Softmax/nn.Sigmoid "
+                           "module; export the model without its final activation")
+    return found[-1]
+
+
 def torch_gradients(model: Any, layers: str | Sequence[str], x: np.ndarray, class_index: np.ndarray | None = None,
-                    target: str = "logit", dtype: Any = None) -> dict[str, np.ndarray]:
+                    target: str = "logit", dtype: Any = None, output_kind: str | None = None,
+                    ) -> dict[str, np.ndarray]:
     """Reference: logits, activations and ∂score/∂activations from ``torch.autograd.grad``, keyed like the
-    exported graph's outputs. ``class_index`` −1 (or None) picks the predicted class, as the graph does."""
+    exported graph's outputs. ``class_index`` −1 (or None) picks the predicted class, as the graph does.
+    ``output_kind`` softmax/log_softmax/sigmoid: the score is the input of the model's final activation."""
     torch = _require_torch()
     dtype = dtype or torch.float32
     names = _names(layers)
-    wrapped = _capturing(model, names).to(dtype)
+    score_module = final_activation(model) if output_kind not in (None, "logits") else None
+    wrapped = _capturing(model, names, score_module).to(dtype)
     xt = torch.as_tensor(x, dtype=dtype)
     with torch.enable_grad():
         logits, *acts = wrapped(xt)
         ci = torch.as_tensor(np.full(len(x), -1) if class_index is None else class_index, dtype=torch.long)
         ci = torch.where(ci < 0, logits.argmax(1), ci)
-        scores = torch.softmax(logits, 1) if target == "probability" else logits
+        if target == "probability":
+            scores = torch.sigmoid(logits) if output_kind == "sigmoid" else torch.softmax(logits, 1)
+        else:
+            scores = logits
         score = scores.gather(1, ci[:, None]).sum()
         grads = torch.autograd.grad(score, acts)
     model.float()
@@ -147,6 +176,7 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layers: str | Sequence
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
+    kind = read_metadata(onnx_model).output_kind
     worst, images, flips = 0.0, 0, 0
     for x in inputs:
         got = dict(zip(names, sess.run(names, {"input": x, "class_index": np.full(len(x), -1, np.int64)})))
@@ -154,7 +184,7 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layers: str | Sequence
         ci = got["logits"].argmax(axis=1)
         errors = np.zeros(len(x))
         for dtype in (torch.float32, torch.float64):
-            ref = torch_gradients(model, layers, x, ci, target, dtype=dtype)
+            ref = torch_gradients(model, layers, x, ci, target, dtype=dtype, output_kind=kind)
             errors = np.array([max(relative_error(got[k][i], ref[k][i]) for k in names) for i in range(len(x))])
             if errors.max() <= tolerance:
                 break

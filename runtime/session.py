@@ -22,6 +22,7 @@ def onnxruntime() -> Any:
     except ImportError:
         raise OnnxcamError("ONNX Runtime is not installed; run `pip install onnxcam[cpu]` "
                            "(or onnxcam[gpu] on a machine with an NVIDIA GPU)") from None
+    ort.set_default_logger_severity(3)  # errors only: e.g. paddle2onnx files make ORT warn about unused Constants
     return ort
 
 

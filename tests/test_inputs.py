@@ -278,3 +278,34 @@ def test_bad_input_is_one_line_and_writes_nothing(args, message, foreign, images
     assert not out_dir.exists() and not out_model.exists()
     assert onnx.load(foreign).SerializeToString() == before
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("final", ["Softmax", "Sigmoid"])
+def test_torch_model_ending_in_softmax_exports_with_the_same_maps(final, tmp_path, images):
+    torch = pytest.importorskip("torch")
+    from onnxcam.exporter import export_torch
+    from tests.conftest import tiny_net
+
+    net = tiny_net()
+    wrapped = torch.nn.Sequential(net, torch.nn.Softmax(dim=1) if final == "Softmax" else torch.nn.Sigmoid())
+    plain_path = export_torch(net, tmp_path / "plain.onnx", target_layer="features", input_shape=(3, 32, 32))
+    wrapped_path = export_torch(wrapped, tmp_path / "wrapped.onnx", target_layer="0.features",
+                                input_shape=(3, 32, 32))  # the parity check runs on the pre-activation score
+    a = Explainer(plain_path, providers="cpu").explain(images, method="gradcam")
+    b = Explainer(wrapped_path, providers="cpu").explain(images, method="gradcam")
+    assert read_metadata(onnx.load(wrapped_path)).output_kind == final.lower()
+    np.testing.assert_allclose(b.cams, a.cams, atol=1e-6)
+    np.testing.assert_allclose(b.logits, a.logits, atol=1e-6)
+
+
+def test_every_command_takes_a_channels_last_dynamic_file(foreign, images, tmp_path):
+    flags = ["--input-size", "16x16"]
+    r = cli("evaluate", foreign, *images, "--method", "gradcam,scorecam,ablationcam", "--steps", "4", "--no-road",
+            "-o", tmp_path / "eval", *flags)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "eval" / "evaluation.csv").read_text().count("\n") >= 3
+    r = cli("bench", foreign, "--batch", "2", "--method", "gradcam", "--warmup", "0", "--repeats", "1", *flags)
+    assert r.exit_code == 0 and "gradcam" in r.output, r.output
+    r = cli("layers", foreign, *flags)
+    listed = [line[2:].split()[0] for line in r.output.splitlines()[1:-1]]
+    assert r.exit_code == 0 and listed == ["image_nchw", "conv", "feat"] and "* feat" in r.output, r.output
