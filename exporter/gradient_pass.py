@@ -1,4 +1,4 @@
-"""The ONNX → ONNX reverse-mode pass (DESIGN.md §4).
+"""The ONNX → ONNX reverse-mode pass (docs/design.md §4).
 
 Finds the nodes on paths from the target activations to the logits, seeds the logits with
 ``OneHot(class_index)`` and walks those nodes in reverse topological order, emitting each op's

@@ -228,7 +228,7 @@ def export_torch(
     layouts: list[dict] | None = None,
     exporter: str = "torchscript",
 ) -> pathlib.Path:
-    """Export ``model`` to ``path`` as an onnxcam graph (DESIGN.md §3) with gradients at ``target_layer``.
+    """Export ``model`` to ``path`` as an onnxcam graph (docs/design.md §2) with gradients at ``target_layer``.
 
     Exports on CPU with a dynamic batch axis (``exporter``: torch's "torchscript" exporter, opset 17 by default,
     or the "dynamo" one, opset 18 by default), runs :func:`add_gradients`,

@@ -1,4 +1,4 @@
-"""The metadata an onnxcam graph carries in ONNX ``metadata_props`` (DESIGN.md §3).
+"""The metadata an onnxcam graph carries in ONNX ``metadata_props`` (docs/design.md §2).
 
 Every field is stored as JSON under the key ``onnxcam.<field>`` so that any ONNX tool can read it.
 """

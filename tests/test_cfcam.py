@@ -1,4 +1,4 @@
-"""CF-CAM, step by step, on hand-made activations and gradients (DESIGN.md §5).
+"""CF-CAM, step by step, on hand-made activations and gradients (docs/design.md §5).
 
 Expected values are worked out by hand in the comments or recomputed here with plain-Python loops that
 share no code with onnxcam.runtime.methods.cfcam.

@@ -1,4 +1,4 @@
-"""CF-CAM: Cluster Filter CAM (He, Pan, Yao 2025, arXiv 2504.00060), per DESIGN.md §5.
+"""CF-CAM: Cluster Filter CAM (He, Pan, Yao 2025, arXiv 2504.00060), per docs/design.md §5.
 
 Per image, with A, G ``[C,h,w]`` and F = A flattened to ``[C, Z]``:
 
