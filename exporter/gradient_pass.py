@@ -99,16 +99,26 @@ def _dependents(graph: onnx.GraphProto, info: TensorInfo, source: str) -> set[st
 
 
 def _ensure_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` at opset 17 when it is below 16 (ScatterElements' ``reduction="add"`` needs 16)."""
     opset = opset_of(model)
     if opset >= 16:
         return model
     try:
-        return onnx.version_converter.convert_version(model, 17)
+        converted = onnx.version_converter.convert_version(model, 17)
     except Exception as exc:  # noqa: BLE001
         if opset < MIN_OPSET:
             raise OnnxcamError(f"the model uses opset {opset} and could not be converted to opset 17 ({exc}); "
                                "re-export it with opset >= 13") from None
         return model
+    # Below opset 11 every Resize comes from an Upsample or a Resize-10, which sample at out/scale (asymmetric,
+    # floor); onnx's converter gives them Resize-11's half-pixel default, another function: keep the old one.
+    for node in converted.graph.node if opset < 11 else []:
+        if node.op_type == "Resize":
+            kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                                   helper.make_attribute("nearest_mode", "floor")])
+    return converted
 
 
 def add_gradients(
@@ -139,6 +149,7 @@ def add_gradients(
     if target not in TARGETS:
         raise OnnxcamError(f"unknown gradient target '{target}'; use one of {', '.join(TARGETS)}")
     meta = read_metadata(model)
+    original = model
     model = _ensure_opset(strip_gradients(model))
     model, source = fix_model_input(model, meta, input_size, input_layout)
     graph = model.graph
@@ -221,9 +232,20 @@ def add_gradients(
     write_metadata(model, meta)
     try:
         onnx.checker.check_model(model, full_check=False)
-    except onnx.checker.ValidationError as exc:  # a bug in a rule, not a user error
-        raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc
+    except onnx.checker.ValidationError as exc:
+        if _fails_check(original):  # the checker refuses the model itself (e.g. GroupNormalization-18)
+            return model
+        raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc  # a bug in a rule
     return model
+
+
+def _fails_check(model: onnx.ModelProto) -> bool:
+    """Whether onnx's checker already refuses ``model`` as it was given (ONNX Runtime may still run it)."""
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError:
+        return True
+    return False
 
 
 def fix_model_input(model: onnx.ModelProto, meta: CamMetadata, input_size: tuple[int, int] | None,

@@ -389,7 +389,8 @@ def transpose(v: VJP) -> Grads:
 @rule("Slice")
 def slice_(v: VJP) -> Grads:
     """dx = g scattered back: per sliced axis, interleave zeros (step s > 1: Unsqueeze, Pad to s, merge the
-    two axes) and Pad/Slice to the input's size (constant starts/ends/axes/steps, positive steps)."""
+    two axes) and Pad/Slice to the input's size (constant starts/ends/axes/steps); a negative step s reads x
+    backwards, so g is flipped (Slice step −1) and scattered as the step −s from the lowest index read."""
     b, x_shape = v.b, v.shape(v.x)
     ins = list(v.node.input) + [""] * (5 - len(v.node.input))
     values = [v.info.constant(name) for name in ins[1:5]]
@@ -402,12 +403,18 @@ def slice_(v: VJP) -> Grads:
     grad, shape = v.g, list(v.shape(v.y))
     for start, axis, step in zip(starts, axes, steps):
         size = x_shape[axis]
-        if step <= 0:
-            raise v.fail("Slice with a negative step has no rule yet")
+        if step == 0:
+            raise v.fail("Slice with step 0")
         if size is None:
             raise v.fail("slicing along the dynamic batch axis")
-        lo = min(max(start + size if start < 0 else start, 0), size)
         count = shape[axis]
+        if step < 0:  # indices first, first + step, …: flip g so it runs upwards from the lowest one
+            first = min(max(start + size if start < 0 else start, 0), size - 1)
+            lo = first + (count - 1) * step if count else 0
+            grad = b.op("Slice", grad, b.ints([-1]), b.ints([-(2**62)]), b.ints([axis]), b.ints([-1]))
+            step = -step
+        else:
+            lo = min(max(start + size if start < 0 else start, 0), size)
         if step > 1:  # element i goes to i·step: a zero-padded new axis of length `step`, merged into this one
             grad = b.op("Pad", b.op("Unsqueeze", grad, b.ints([axis + 1])),
                         b.ints([0] * (rank + 1) + [step - 1 if k == axis + 1 else 0 for k in range(rank + 1)]))
@@ -504,9 +511,12 @@ def softmax(v: VJP) -> Grads:
 
 @rule("Gelu")
 def gelu(v: VJP) -> Grads:
-    """dx = g · (Φ(x) + x·φ(x)) (exact form; the tanh approximation is refused)."""
-    if v.attrs.get("approximate", "none") != "none":
-        raise v.fail("Gelu with approximate='tanh' has no rule yet")
+    """dx = g·(Φ(x) + x·φ(x)); "tanh": g·(½(1+t) + ½x(1−t²)·√(2/π)(1+3c·x²)), t = tanh(√(2/π)(x+c·x³))."""
+    approximate = v.attrs.get("approximate", "none")
+    if approximate == "tanh":
+        return [_gelu_tanh(v)]
+    if approximate != "none":
+        raise v.fail(f"Gelu with approximate='{approximate}' has no rule")
     b, x = v.b, v.x
     cdf = b.op("Mul", b.const(0.5), b.op("Add", b.const(1.0), b.op("Erf", b.op("Mul", x, b.const(1 / math.sqrt(2))))))
     pdf = b.op("Mul", b.const(1 / math.sqrt(2 * math.pi)), b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))))
@@ -530,10 +540,12 @@ def where(v: VJP) -> Grads:
 
 @rule("Pad")
 def pad(v: VJP) -> Grads:
-    """dx = Slice(g) removing the padding (constant mode, non-negative constant pads)."""
+    """dx = Slice(g) removing the padding (constant mode, non-negative constant pads); reflect / edge / wrap:
+    the copied border runs of g are added back onto their sources (``rules_spatial.pad_back``)."""
     a, ins = v.attrs, list(v.node.input)
-    if a.get("mode", "constant") != "constant":
-        raise v.fail(f"Pad mode '{a.get('mode')}' has no rule yet")
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise v.fail(f"Pad mode '{mode}' has no rule yet")
     pads = a.get("pads") if v.opset < 11 else v.info.constant(ins[1])
     if pads is None:
         raise v.fail("the pads are computed at run time")
@@ -544,6 +556,8 @@ def pad(v: VJP) -> Grads:
         axes = [int(x) % rank for x in v.info.constant(ins[3]).tolist()]
     if any(p < 0 for p in pads):
         raise v.fail("negative pads (cropping) have no rule yet")
+    if mode != "constant":
+        return [rules_spatial.pad_back(v, pads, axes, mode)] + [None] * (len(ins) - 1)
     n = len(axes)
     starts = [pads[i] for i in range(n)]
     ends = [pads[i] + v.shape(v.x)[axes[i]] if v.shape(v.x)[axes[i]] is not None else 2**62 for i in range(n)]
@@ -629,3 +643,185 @@ def scatter_nd(v: VJP) -> Grads:
     if v.needs[2]:
         grads[2] = b.op("GatherND", v.g, indices)
     return grads
+
+
+# --- rules for ops other exporters emit (elementwise and reductions) ---
+
+
+def _float_type(v: VJP, name: str) -> int:
+    """Element type of ``name`` (float32 when unknown)."""
+    return v.info.types.get(name) or onnx.TensorProto.FLOAT
+
+
+def _zeros_of(v: VJP, ref: str) -> str:
+    """Zeros of ``ref``'s run-time shape and element type."""
+    zeros = v.zeros_like(ref)
+    dtype = _float_type(v, ref)
+    return zeros if dtype == onnx.TensorProto.FLOAT else v.b.op("Cast", zeros, to=dtype)
+
+
+def _pad_grads(v: VJP, grads: Grads) -> Grads:
+    """``grads`` followed by ``None`` for the node's remaining (non-differentiable) inputs, e.g. the axes."""
+    return grads + [None] * (len(v.node.input) - len(grads))
+
+
+@rule("Reciprocal")
+def reciprocal(v: VJP) -> Grads:
+    """dx = −g · y²."""
+    b = v.b
+    return [b.op("Neg", b.op("Mul", v.g, b.op("Mul", v.y, v.y)))]
+
+
+@rule("Abs")
+def abs_(v: VJP) -> Grads:
+    """dx = g · sign(x) (0 at x = 0, as torch)."""
+    return [v.b.op("Mul", v.g, v.b.op("Sign", v.x))]
+
+
+@rule("Log")
+def log(v: VJP) -> Grads:
+    """dx = g / x."""
+    return [v.b.op("Div", v.g, v.x)]
+
+
+@rule("Sum")
+def sum_(v: VJP) -> Grads:
+    """dx_i = unbroadcast(g) for every input."""
+    return [v.unbroadcast(v.g, x) if need else None for x, need in zip(v.node.input, v.needs)]
+
+
+@rule("Mean")
+def mean(v: VJP) -> Grads:
+    """dx_i = unbroadcast(g / n) for every one of the n inputs."""
+    scaled = v.b.op("Div", v.g, v.b.const(float(len(v.node.input))))
+    return [v.unbroadcast(scaled, x) if need else None for x, need in zip(v.node.input, v.needs)]
+
+
+@rule("Max", "Min")
+def max_min(v: VJP) -> Grads:
+    """dx_i = unbroadcast(g · [x_i = y] / Σ_j [x_j = y]) (the selected input; ties split g evenly)."""
+    # tie rule: torch.maximum/minimum for two inputs, torch.amax/amin over the stacked inputs for more
+    b, ins = v.b, list(v.node.input)
+    if len(ins) == 1:
+        return [v.g]
+    dtype = _float_type(v, v.y)
+    hits = [b.op("Equal", x, v.y) for x in ins]
+    count = b.op("Sum", *[b.op("Cast", hit, to=dtype) for hit in hits])
+    share = b.op("Div", v.g, count)
+    return [v.unbroadcast(v.mask(hit, share), x) if need else None for x, hit, need in zip(ins, hits, v.needs)]
+
+
+def _kept(v: VJP, t: str, axes: list[int]) -> str:
+    """A Reduce* node's output-shaped ``t`` with the reduced axes kept (length 1), so that it broadcasts to x."""
+    if axes and not v.attrs.get("keepdims", 1):
+        return v.b.op("Unsqueeze", t, v.b.ints(axes))
+    return t
+
+
+@rule("ReduceMax", "ReduceMin")
+def reduce_max_min(v: VJP) -> Grads:
+    """dx = g · [x = y] / Σ_axes [x = y] (the arg-max/arg-min positions; ties split g evenly, as torch.amax)."""
+    # empty axes with noop_with_empty_axes = 1: y = x elementwise, so dx = g
+    axes = _reduce_axes(v, 18)
+    if not axes:
+        return _pad_grads(v, [v.g])
+    b = v.b
+    hit = b.op("Equal", v.x, _kept(v, v.y, axes))
+    count = b.op("ReduceSum", b.op("Cast", hit, to=_float_type(v, v.y)), b.ints(axes), keepdims=1)
+    return _pad_grads(v, [v.mask(hit, b.op("Div", _kept(v, v.g, axes), count))])
+
+
+@rule("ReduceL2")
+def reduce_l2(v: VJP) -> Grads:
+    """dx = x · g / y (0 where y = 0, as torch's norm); with noop_with_empty_axes y = |x|."""
+    axes = _reduce_axes(v, 18)
+    b, y = v.b, _kept(v, v.y, axes)
+    ratio = b.op("Where", b.op("Equal", y, v.zero()), v.zero(), b.op("Div", _kept(v, v.g, axes), y))
+    return _pad_grads(v, [b.op("Mul", v.x, ratio)])
+
+
+@rule("ReduceSumSquare")
+def reduce_sum_square(v: VJP) -> Grads:
+    """dx = 2x · g (g broadcast over the reduced axes)."""
+    axes = _reduce_axes(v, 18)
+    b = v.b
+    return _pad_grads(v, [b.op("Mul", b.op("Mul", v.x, b.const(2.0)), _kept(v, v.g, axes))])
+
+
+@rule("ReduceLogSumExp")
+def reduce_log_sum_exp(v: VJP) -> Grads:
+    """dx = g · exp(x − y) (the softmax of x over the reduced axes)."""
+    axes = _reduce_axes(v, 18)
+    b = v.b
+    weights = b.op("Exp", b.op("Sub", v.x, _kept(v, v.y, axes)))
+    return _pad_grads(v, [b.op("Mul", _kept(v, v.g, axes), weights)])
+
+
+@rule("Softplus")
+def softplus(v: VJP) -> Grads:
+    """dx = g · σ(x)."""
+    return [v.b.op("Mul", v.g, v.b.op("Sigmoid", v.x))]
+
+
+@rule("Mish")
+def mish(v: VJP) -> Grads:
+    """dx = g · (t + x·σ(x)·(1 − t²)), t = tanh(softplus(x))."""
+    b, x = v.b, v.x
+    t = b.op("Tanh", b.op("Softplus", x))
+    slope = b.op("Mul", b.op("Mul", x, b.op("Sigmoid", x)), b.op("Sub", b.const(1.0), b.op("Mul", t, t)))
+    return [b.op("Mul", v.g, b.op("Add", t, slope))]
+
+
+def _exponential_linear(v: VJP, positive: float, negative: float, rate: float) -> str:
+    """g·positive where x > 0, else g·negative·exp(rate·x) (torch's elu_backward convention at 0)."""
+    b, x = v.b, v.x
+    scaled = x if rate == 1.0 else b.op("Mul", x, b.const(rate))
+    below = b.op("Mul", v.g, b.op("Mul", b.const(negative), b.op("Exp", scaled)))
+    above = v.g if positive == 1.0 else b.op("Mul", v.g, b.const(positive))
+    return b.op("Where", b.op("Greater", x, v.zero()), above, below)
+
+
+@rule("Elu")
+def elu(v: VJP) -> Grads:
+    """dx = g if x > 0 else g·α·exp(x)."""
+    return [_exponential_linear(v, 1.0, v.attrs.get("alpha", 1.0), 1.0)]
+
+
+@rule("Selu")
+def selu(v: VJP) -> Grads:
+    """dx = γ·g if x > 0 else g·γ·α·exp(x)."""
+    alpha, gamma = v.attrs.get("alpha", 1.67326319217681884765625), v.attrs.get("gamma", 1.05070102214813232421875)
+    return [_exponential_linear(v, gamma, gamma * alpha, 1.0)]
+
+
+@rule("Celu")
+def celu(v: VJP) -> Grads:
+    """dx = g if x > 0 else g·exp(x/α)."""
+    return [_exponential_linear(v, 1.0, 1.0, 1.0 / v.attrs.get("alpha", 1.0))]
+
+
+@rule("ThresholdedRelu")
+def thresholded_relu(v: VJP) -> Grads:
+    """dx = g · [x > α]."""
+    return [v.mask(v.b.op("Greater", v.x, v.b.const(v.attrs.get("alpha", 1.0))), v.g)]
+
+
+def _gelu_tanh(v: VJP) -> str:
+    """The Gelu rule's approximate="tanh" form (see :func:`gelu`)."""
+    b, x = v.b, v.x
+    c, k = 0.044715, math.sqrt(2 / math.pi)
+    x2 = b.op("Mul", x, x)
+    t = b.op("Tanh", b.op("Mul", b.const(k), b.op("Add", x, b.op("Mul", b.const(c), b.op("Mul", x2, x)))))
+    inner = b.op("Mul", b.const(k), b.op("Add", b.const(1.0), b.op("Mul", b.const(3 * c), x2)))
+    slope = b.op("Mul", b.op("Mul", b.const(0.5), x), b.op("Mul", b.op("Sub", b.const(1.0), b.op("Mul", t, t)), inner))
+    cdf = b.op("Mul", b.const(0.5), b.op("Add", b.const(1.0), t))
+    return b.op("Mul", v.g, b.op("Add", cdf, slope))
+
+
+@rule("Sign", "Floor", "Ceil", "Round")
+def piecewise_constant(v: VJP) -> Grads:
+    """dx = 0, as an explicit zeros tensor (a layer reached only through these ops gets a zero gradient)."""
+    return [_zeros_of(v, v.x)]
+
+
+from . import rules_spatial  # noqa: E402,F401  (registers the spatial rules)

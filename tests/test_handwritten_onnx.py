@@ -116,3 +116,25 @@ def test_missing_rule_and_unreachable_layer_are_precise_errors():
     side.graph.node.append(helper.make_node("Relu", ["feat"], ["dead_end"], name="unused"))
     with pytest.raises(OnnxcamError, match="layer 'dead_end' does not reach the logits; pick a layer before"):
         add_gradients(side, activations="dead_end")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_opset9_upsample_keeps_its_sampling_through_the_opset_upgrade(mode):
+    """onnx's converter turns Upsample-9 into a half-pixel Resize; the pass must keep the model's own function."""
+    nodes = [helper.make_node("Conv", ["image", "w_conv"], ["feat"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Upsample", ["feat", "scales"], ["up"], mode=mode, name="up"),
+             helper.make_node("GlobalAveragePool", ["up"], ["pool"], name="gap"),
+             helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "w_fc", "b_fc"], ["scores"], transB=1, name="fc")]
+    w_up = np.array([1, 1, 2, 1.5], np.float32)
+    inits = [numpy_helper.from_array(W_CONV, "w_conv"), numpy_helper.from_array(w_up, "scales"),
+             numpy_helper.from_array(W_FC, "w_fc"), numpy_helper.from_array(B_FC, "b_fc")]
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", 4])], inits)
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    old.ir_version = 4
+    x = np.random.default_rng(9).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(old.SerializeToString(), providers=["CPUExecutionProvider"]).run(None,
+                                                                                                   {"image": x})[0]
+    logits, _, _ = run(add_gradients(old, activations="feat"), x, np.array([-1, 1]))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
