@@ -138,3 +138,26 @@ def test_opset9_upsample_keeps_its_sampling_through_the_opset_upgrade(mode):
                                                                                                    {"image": x})[0]
     logits, _, _ = run(add_gradients(old, activations="feat"), x, np.array([-1, 1]))
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_recurrent_op_on_the_path_is_an_error_naming_the_node():
+    """LSTM (like Loop, If and Scan) has no rule: the pass refuses and names it, never a silent zero."""
+    hidden = 5
+    nodes = [helper.make_node("Conv", ["image", "w_conv"], ["feat"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("GlobalAveragePool", ["feat"], ["pool"], name="gap"),
+             helper.make_node("Reshape", ["pool", "seq_shape"], ["seq"], name="to_sequence"),
+             helper.make_node("LSTM", ["seq", "w_lstm", "r_lstm"], ["y"], hidden_size=hidden, name="the_lstm"),
+             helper.make_node("Reshape", ["y", "flat_shape"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "w_head"], ["scores"], transB=1, name="fc")]
+    inits = [numpy_helper.from_array(W_CONV, "w_conv"),
+             numpy_helper.from_array(np.array([-1, 1, 6], np.int64), "seq_shape"),
+             numpy_helper.from_array(RNG.standard_normal((1, 4 * hidden, 6)).astype(np.float32), "w_lstm"),
+             numpy_helper.from_array(RNG.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "r_lstm"),
+             numpy_helper.from_array(np.array([-1, hidden], np.int64), "flat_shape"),
+             numpy_helper.from_array(RNG.standard_normal((4, hidden)).astype(np.float32), "w_head")]
+    graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(UnsupportedOpError, match=r"no gradient rule for op LSTM \(node 'the_lstm'\)"):
+        add_gradients(model, activations="feat")
