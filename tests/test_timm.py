@@ -1,6 +1,6 @@
 """Gradient parity on a representative subset of timm models (random weights), at their last feature stage.
 
-The wide sweep (about 95 models) is ``python -m docs.make_timm_coverage``, which writes docs/timm_coverage.md;
+The wide sweep (115 models) is ``python -m docs.make_timm_coverage``, which writes docs/timm_coverage.md;
 this runs a few of its cases, one of each kind, in process: the same model, input size, target layer and check
 (``export_torch``'s own parity check, then ≤ 1e-4 again on two other inputs).
 """
