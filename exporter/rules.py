@@ -101,15 +101,22 @@ def rule(*op_types: str) -> Callable:
     return register
 
 
-def _spatial(v: VJP) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
-    """(input, output, kernel, strides, dilations, pads) of a Conv/pool node, with auto_pad resolved."""
+def conv_geometry(v: VJP) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """(input, output, kernel, strides, dilations) spatial sizes of a Conv-like node; an error when dynamic."""
     a = v.attrs
     xs, ys = list(v.shape(v.x)[2:]), list(v.shape(v.y)[2:])
     if None in xs or None in ys:
         raise v.fail("the spatial size is dynamic; export with a fixed input size")
     nd = len(xs)
     k = list(a.get("kernel_shape") or v.shape(v.node.input[1])[2:])
-    s, d = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+    return xs, ys, k, list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+
+
+def _spatial(v: VJP) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
+    """(input, output, kernel, strides, dilations, pads) of a Conv/pool node, with auto_pad resolved."""
+    a = v.attrs
+    xs, ys, k, s, d = conv_geometry(v)
+    nd = len(xs)
     pads = list(a.get("pads", [0] * 2 * nd))
     auto = a.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):

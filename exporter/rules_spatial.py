@@ -22,7 +22,7 @@ from collections import Counter
 import numpy as np
 
 from .graph import Shape
-from .rules import VJP, Grads, _reduce_mean, rule
+from .rules import VJP, Grads, _reduce_mean, conv_geometry, rule
 
 #: Slice end meaning "past the start" for a negative step, whatever the axis length.
 _BEFORE_START = -(2**62)
@@ -278,12 +278,8 @@ def conv_transpose(v: VJP) -> Grads:
     which the Conv ignores, cropped off where the Conv's output overhangs the input."""
     v.only_first_input()
     a = v.attrs
-    xs, ys = list(v.shape(v.x)[2:]), list(v.shape(v.y)[2:])
-    if None in xs or None in ys:
-        raise v.fail("the spatial size is dynamic; export with a fixed input size")
+    xs, ys, k, s, d = conv_geometry(v)
     nd = len(xs)
-    k = list(a.get("kernel_shape") or v.shape(v.node.input[1])[2:])
-    s, d = list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
     out_pad = list(a.get("output_padding", [0] * nd))
     auto = a.get("auto_pad", "NOTSET")
     if a.get("output_shape") or auto in ("SAME_UPPER", "SAME_LOWER"):

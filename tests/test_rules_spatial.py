@@ -27,6 +27,7 @@ from onnxcam.exporter.graph import GraphBuilder, TensorInfo, set_ir_version  # n
 from onnxcam.exporter.rules import RULES, VJP  # noqa: E402
 from onnxcam.exporter.torch_export import check_parity, relative_error  # noqa: E402
 from onnxcam.runtime.errors import UnsupportedOpError  # noqa: E402
+from tests.test_rules import Lambda  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -51,15 +52,6 @@ class Net(nn.Module):
         return self.head(torch.tanh(self.body(self.stem(x))).flatten(1))
 
 
-class Lambda(nn.Module):
-    def __init__(self, fn, **params) -> None:
-        super().__init__()
-        self.fn = fn
-        for k, v in params.items():
-            self.register_parameter(k, nn.Parameter(v))
-
-    def forward(self, x):
-        return self.fn(self, x)
 
 
 def _op(op_type: str, **attrs):
