@@ -199,9 +199,11 @@ def _read_boxes(path: str, images: tuple[str, ...]) -> np.ndarray:
 @click.option("--input-size", default=224, show_default=True, type=click.IntRange(8), help="Square input size.")
 @click.option("--labels", "labels_file", default=None, help="Text file with one class name per line.")
 @click.option("--opset", default=None, type=int, help="ONNX opset (default 17).")
+@click.option("--cam", "cams", default=None, help="Also embed these methods' maps, e.g. gradcam,layercam (see embed).")
+@click.option("--overlay", is_flag=True, help="With --cam: also embed overlay_<method> images.")
 @click.option("-o", "--output", required=True, help="Path of the .onnx file to write.")
 def export(tv_name: str | None, factory: str | None, weights: str | None, layer: str, input_size: int,
-           labels_file: str | None, opset: int | None, output: str) -> None:
+           labels_file: str | None, opset: int | None, cams: str | None, overlay: bool, output: str) -> None:
     """Export a PyTorch classifier to an onnxcam graph (needs torch: pip install onnxcam[export])."""
     if (tv_name is None) == (factory is None):
         raise OnnxcamError("give exactly one of --torchvision NAME or --module package.module:function")
@@ -226,10 +228,83 @@ def export(tv_name: str | None, factory: str | None, weights: str | None, layer:
         from onnxcam.exporter.annotate import read_labels
 
         labels = read_labels(labels_file)
+    methods = _method_list(cams) if cams else []
     click.echo(f"exporting {tv_name or factory} at layer '{layer}', input 3x{input_size}x{input_size} ...")
     path = export_torch(model, output, target_layer=layer, input_shape=(3, input_size, input_size),
-                        labels=labels, opset=opset)
+                        labels=labels, opset=opset, cams=methods, overlay=overlay)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); gradients checked against torch.autograd")
+
+
+def _method_list(text: str) -> list[str]:
+    """``gradcam,layercam`` → the method names, each checked to have a graph form."""
+    from onnxcam.exporter.embed import embeddable
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = embeddable()
+    for name in names:
+        if name not in known:
+            raise OnnxcamError(f"method '{name}' cannot be embedded; embeddable: {', '.join(known)}")
+    if not names:
+        raise OnnxcamError(f"--cam needs at least one method; embeddable: {', '.join(known)}")
+    return names
+
+
+def _cam_options(text: str | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``gradcampp.eps=0,...`` → ``{"gradcampp": {"eps": 0}}`` (values read as JSON, else as text)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in [i.strip() for i in (text or "").split(",") if i.strip()]:
+        key, sep, raw = item.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not sep or not dot or not option:
+            raise OnnxcamError(f"--cam-options takes METHOD.OPTION=VALUE items, e.g. gradcampp.eps=0; got '{item}'")
+        if method not in methods:
+            raise OnnxcamError(f"--cam-options names '{method}', which --cam does not embed")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        out.setdefault(method, {})[option.strip()] = value
+    return out
+
+
+@main.command()
+@click.argument("model", type=str)
+@click.option("--cam", "cams", required=True, help="Comma-separated methods to embed, e.g. gradcam,layercam.")
+@click.option("--cam-options", default=None, help="Method options, METHOD.OPTION=VALUE[,...], e.g. gradcampp.eps=0.")
+@click.option("--cam-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True,
+              help="cam_<method> as float32 in [0,1], or uint8 levels 0-255.")
+@click.option("--overlay", is_flag=True, help="Also output overlay_<method>: [N,H,W,3] uint8 heatmap over the image.")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Overlay opacity.")
+@click.option("--colormap", default="jet", show_default=True, help="Overlay colormap (an OpenCV name).")
+@click.option("--layer", "layers", multiple=True, help="Target layer (default: the file's, or the last feature map).")
+@input_options
+@click.option("-o", "--output", required=True, help="Path of the .onnx file to write.")
+def embed(model: str, cams: str, cam_options: str | None, cam_dtype: str, overlay: bool, alpha: float,
+          colormap: str, layers: tuple[str, ...], input_size: str | None, input_layout: str | None,
+          output: str) -> None:
+    """Write a copy of MODEL that outputs the finished maps cam_<method> ([N,H,W] at the input resolution,
+    in [0,1]) for any ONNX runtime: no Python needed to get the explanation."""
+    from onnxcam.exporter.annotate import write_model
+    from onnxcam.exporter.embed import embed_cams
+    from onnxcam.runtime.explainer import load_model
+    from onnxcam.runtime.metadata import read_metadata
+
+    methods = _method_list(cams)
+    options = _cam_options(cam_options, methods)
+    src, dst = pathlib.Path(model), pathlib.Path(output)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise OnnxcamError(f"the output '{dst}' is the input model; write the embedded copy to another path with -o")
+    if dst.is_dir():
+        raise OnnxcamError(f"the output '{dst}' is a folder; give a file path such as {dst / src.name}")
+    result = embed_cams(load_model(model), methods, options=options, dtype=cam_dtype, overlay=overlay, alpha=alpha,
+                        colormap=colormap, layer=list(layers) or None,
+                        input_size=cli_options.input_size(input_size), input_layout=input_layout)
+    write_model(result, dst)
+    meta = read_metadata(result)
+    outputs = ", ".join(n for e in meta.cams for n in (e["output"], e["overlay"]) if n)
+    size = "x".join(map(str, meta.input_size[1:]))
+    click.echo(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {outputs} at {size}, layer "
+               f"{', '.join(meta.target_layers)}")
 
 
 def _torchvision_model(name: str) -> Any:

@@ -134,6 +134,11 @@ def _checked_model(src: pathlib.Path, model: onnx.ModelProto, externals: list[st
     return full
 
 
+def write_model(model: onnx.ModelProto, dst: str | os.PathLike) -> None:
+    """Write a self-contained ``model`` to ``dst`` atomically (a temporary file, then a rename)."""
+    _write_atomic(model, pathlib.Path(dst), pathlib.Path("."), [])
+
+
 def _write_atomic(model: onnx.ModelProto, dst: pathlib.Path, src_dir: pathlib.Path, externals: list[str]) -> None:
     """Write ``model`` to ``dst`` via a temporary file and a rename; copy its external data files next to
     it when ``dst`` is in another folder (the references stay relative, the weights unchanged)."""

@@ -131,6 +131,10 @@ def add_gradients(
     layouts: list[dict] | None = None,
     input_size: tuple[int, int] | None = None,
     input_layout: str | None = None,
+    cams: list[str] | None = None,
+    cam_options: dict[str, dict] | None = None,
+    cam_dtype: str = "float32",
+    overlay: bool = False,
 ) -> onnx.ModelProto:
     """Return ``model`` rewritten to the onnxcam contract (docs/design.md, "The ONNX contract").
 
@@ -145,6 +149,8 @@ def add_gradients(
     ``layouts`` override the inferred layout of each target (NCHW, NHWC or tokens, see ``layout.py``).
     ``input_size`` = (H, W) fixes a dynamic image size; ``input_layout`` (NCHW/NHWC) overrides the detected
     layout of the image input (``inputs.py``).
+    ``cams`` embeds those methods' finished maps as outputs ``cam_<method>`` (``embed.embed_cams`` with
+    ``cam_options``, ``cam_dtype`` and ``overlay``).
     """
     if target not in TARGETS:
         raise OnnxcamError(f"unknown gradient target '{target}'; use one of {', '.join(TARGETS)}")
@@ -188,7 +194,7 @@ def add_gradients(
         raise OnnxcamError(f"expected logits of shape [N, classes], got {list(logits_shape)} for '{logits}'")
     num_classes = logits_shape[1]
 
-    b = GraphBuilder()
+    b = GraphBuilder(opset=opset_of(model))
     seed = _seed(b, logits, num_classes, target, score.kind)
 
     outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])]
@@ -229,13 +235,17 @@ def add_gradients(
     meta.provenance["logits_tensor"] = logits
     meta.provenance.setdefault("input_tensor", source.name)
     meta.provenance.setdefault("output_tensor", score.output)
+    meta.cams = None
     write_metadata(model, meta)
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
-        if _fails_check(original):  # the checker refuses the model itself (e.g. GroupNormalization-18)
-            return model
-        raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc  # a bug in a rule
+        if not _fails_check(original):  # unless the checker refuses the model itself (e.g. GroupNormalization-18)
+            raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc  # a bug in a rule
+    if cams:
+        from .embed import embed_cams
+
+        model = embed_cams(model, cams, options=cam_options, dtype=cam_dtype, overlay=overlay)
     return model
 
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnxcam.runtime.errors import OnnxcamError
+from onnxcam.runtime.graph_builder import GraphBuilder, set_ir_version
+
+__all__ = ["GraphBuilder", "set_ir_version", "TensorInfo", "DynamicSizeError", "check_runs", "opset_of",
+           "attributes", "Shape"]
 
 #: A static shape with ``None`` for a dynamic (batch) dimension.
 Shape = tuple[int | None, ...]
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-#: IR version ONNX Runtime 1.17+ accepts for every opset onnxcam writes (onnx 1.23 writes 14 by default).
-MAX_IR_VERSION = 10
 
 
 def attributes(node: onnx.NodeProto) -> dict:
@@ -35,12 +37,6 @@ def opset_of(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     raise OnnxcamError("the model imports no default ONNX opset; is it an ONNX classifier?")
-
-
-def set_ir_version(model: onnx.ModelProto) -> None:
-    """Lower the IR version to one ONNX Runtime accepts, never below what the opsets need."""
-    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-    model.ir_version = max(needed, min(model.ir_version, MAX_IR_VERSION))
 
 
 class DynamicSizeError(OnnxcamError):
@@ -195,43 +191,3 @@ def _runs_at_input_size(model: onnx.ModelProto) -> Iterator[None]:
         dims = "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in inp.type.tensor_type.shape.dim)
         raise OnnxcamError(f"the model does not run on an input of {dims} ({ort_message(exc)}); pass the image "
                            "size it was made for with --input-size HxW") from None
-
-
-class GraphBuilder:
-    """Collects new nodes and initializers; every name it makes starts with ``prefix``."""
-
-    def __init__(self, prefix: str = "onnxcam/grad") -> None:
-        self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = itertools.count()
-        self._consts: dict[tuple, str] = {}
-
-    def name(self, hint: str) -> str:
-        """A fresh tensor or node name."""
-        return f"{self.prefix}/{hint}_{next(self._count)}"
-
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
-        """Emit ``op_type(inputs, **attrs)``; returns the output name (a list when ``outputs > 1``)."""
-        node_name = self.name(op_type)
-        outs = [f"{node_name}:{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
-        return outs[0] if outputs == 1 else outs
-
-    def const(self, value: float | Sequence | np.ndarray, dtype: type = np.float32) -> str:
-        """A constant tensor (an initializer), shared between identical values."""
-        arr = np.asarray(value, dtype=dtype)
-        key = (arr.dtype.str, arr.shape, arr.tobytes())
-        if key not in self._consts:
-            name = self.name("const")
-            self.initializers.append(numpy_helper.from_array(arr, name))
-            self._consts[key] = name
-        return self._consts[key]
-
-    def ints(self, values: Sequence[int]) -> str:
-        """A 1-D int64 constant (shapes, axes, starts, ends)."""
-        return self.const(list(values), np.int64)
-
-    def sum(self, names: Sequence[str]) -> str:
-        """Σ names (fan-out accumulation)."""
-        return names[0] if len(names) == 1 else self.op("Sum", *names)

@@ -440,9 +440,7 @@ def slice_(v: VJP) -> Grads:
 
 def _reduce_mean(v: VJP, t: str, axes: list[int]) -> str:
     """ReduceMean over ``axes`` with keepdims, in the model's opset form (axes input from opset 18)."""
-    if v.opset >= 18:
-        return v.b.op("ReduceMean", t, v.b.ints(axes), keepdims=1)
-    return v.b.op("ReduceMean", t, axes=axes, keepdims=1)
+    return v.b.reduce("ReduceMean", t, axes)
 
 
 @rule("Tanh")

@@ -175,7 +175,7 @@ def check_parity(model: Any, onnx_model: onnx.ModelProto, layers: str | Sequence
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
+    names = [o.name for o in sess.get_outputs() if not o.name.startswith(("cam_", "overlay_"))]
     kind = read_metadata(onnx_model).output_kind
     worst, images, flips = 0.0, 0, 0
     for x in inputs:
@@ -227,6 +227,8 @@ def export_torch(
     target: str = "logit",
     layouts: list[dict] | None = None,
     exporter: str = "torchscript",
+    cams: Sequence[str] | None = None,
+    overlay: bool = False,
 ) -> pathlib.Path:
     """Export ``model`` to ``path`` as an onnxcam graph (docs/design.md §2) with gradients at ``target_layer``.
 
@@ -234,7 +236,8 @@ def export_torch(
     or the "dynamo" one, opset 18 by default), runs :func:`add_gradients`,
     writes metadata (``layouts`` overrides the inferred NCHW/NHWC/token layout), then checks ORT against
     ``torch.autograd.grad`` on two random inputs; above a relative error of 1e-4 it raises and writes
-    nothing. Returns the path of the single self-contained file.
+    nothing. ``cams`` embeds those methods' finished maps (``cam_<method>``, and ``overlay_<method>`` with
+    ``overlay``; see ``embed.embed_cams``). Returns the path of the single self-contained file.
     """
     torch = _require_torch()
     path = pathlib.Path(path)
@@ -256,7 +259,7 @@ def export_torch(
                     "torch_exporter": exporter, "model_class": type(model).__name__},
     ))
     result = add_gradients(exported, activations=targets, logits="logits", target=target,
-                           layer_names=layer_names, layouts=layouts)
+                           layer_names=layer_names, layouts=layouts, cams=list(cams or []), overlay=overlay)
     num_classes = result.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if labels is not None and len(labels) != num_classes:
         raise OnnxcamError(f"{len(labels)} labels given for a model with {num_classes} classes")

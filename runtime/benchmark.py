@@ -121,8 +121,8 @@ def forward_floor(explainer: Explainer) -> Runner:
     """(a): ONNX Runtime running the plain classifier (gradient outputs stripped), on the explainer's
     providers and session options; returns a function of the preprocessed batch."""
     from onnxcam.exporter.gradient_pass import strip_gradients
-    from onnxcam.exporter.graph import set_ir_version
 
+    from .graph_builder import set_ir_version
     from .session import create_session
 
     plain = strip_gradients(explainer.model)

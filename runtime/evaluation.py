@@ -84,7 +84,7 @@ def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], me
              boxes: np.ndarray | None = None, class_index: Any = None, steps: int = 50,
              noise_sigmas: Sequence[float] = (0.1, 0.2, 0.5, 1.0), road: bool = True,
              progress: Any = None) -> Evaluation:
-    """Every metric of docs/design.md §6 for every method, on ``images`` (boxes ``[N,4]`` in model-input pixels).
+    """Every metric of docs/design.md §7 for every method, on ``images`` (boxes ``[N,4]`` in model-input pixels).
 
     ``methods`` holds method names, or ``(label, name, options)`` for variants (e.g. CF-CAM's filters).
 

@@ -22,7 +22,7 @@ from .metadata import (
     read_metadata,
     target_output_names,
 )
-from .methods import check_options, finalise, get_method
+from .methods import check_options, finalise, get_method, with_defaults
 from .methods.context import CAMContext
 from .preprocess import as_rgb, check_preprocessing, load_image, model_view, normalise
 from .session import create_session, run
@@ -120,6 +120,7 @@ class Explainer:
             raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; pass --input-size HxW")
         self.input_shape: tuple[int, int, int] = tuple(dims[1:])
         outputs = [o.name for o in self.session.get_outputs()]
+        self._outputs = set(outputs)
         self._pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
         self.num_classes = int(self.session.get_outputs()[0].shape[1])
         base = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
@@ -231,7 +232,7 @@ class Explainer:
         return out
 
     def _sub_session(self, model: onnx.ModelProto) -> Any:
-        from onnxcam.exporter.graph import set_ir_version
+        from .graph_builder import set_ir_version
 
         set_ir_version(model)
         return create_session(model.SerializeToString(), self.providers, self.session_options)
@@ -247,17 +248,30 @@ class Explainer:
             raise OnnxcamError(f"class indices of shape {list(values.shape)} given for {n} images; use [N] or [N, K]")
         return values
 
+    def embedded_output(self, method: str, options: dict[str, Any] | None = None) -> str | None:
+        """The graph output that carries ``method``'s finished float32 map with these ``options`` (defaults
+        filled in), or None when the file does not embed it so."""
+        wanted = with_defaults(get_method(method), options)
+        for entry in self.metadata.cams or []:
+            if (entry.get("method"), entry.get("dtype"), entry.get("options")) == (method, "float32", wanted) and \
+                    entry.get("output") in self._outputs:
+                return entry["output"]
+        return None
+
     def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str = "cfcam",
-                class_index: Any = None, **method_options: Any) -> Explanation:
+                class_index: Any = None, embedded: bool = True, **method_options: Any) -> Explanation:
         """CAMs of ``method`` for ``images``.
 
         ``class_index``: None/−1 explains the predicted class; an int or label the same class for every image;
         ``[N]`` one class per image; ``[N, K]`` K classes per image, giving ``cams`` of shape ``[N, K, H, W]``.
         With several target layers, each layer's map is upsampled and scaled to [0, 1], the maps are averaged,
-        and the average is divided by its maximum.
+        and the average is divided by its maximum. When the file embeds ``method`` with the same options
+        (``onnxcam embed``), its ``cam_<method>`` output is the map and numpy computes nothing;
+        ``embedded=False`` computes it in numpy all the same.
         """
         spec = get_method(method)
         check_options(spec, method_options)
+        from_graph = self.embedded_output(method, method_options) if embedded else None
         batch, views = self.preprocess(images)
         index = self._class_indices(class_index, len(batch))
         per_image = index.shape[1] if index.ndim == 2 else 1
@@ -265,8 +279,8 @@ class Explainer:
         flat_index = index.reshape(-1)
         out = self.forward(flat_batch, flat_index)
         chosen = np.where(flat_index < 0, out["logits"].argmax(axis=1), flat_index)
-        maps = []
-        for layer, ((a, g), layout) in enumerate(zip(self._pairs, self._layouts)):
+        maps = [out[from_graph]] if from_graph else []
+        for layer, ((a, g), layout) in enumerate([] if from_graph else zip(self._pairs, self._layouts)):
             acts, grads = to_nchw(out[a], layout), to_nchw(out[g], layout)
             if spec.uses_model:
                 ctx = CAMContext(acts, grads, flat_batch, chosen, self.scores,

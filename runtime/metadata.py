@@ -40,6 +40,9 @@ class CamMetadata:
     model's own image input (NCHW, or NHWC behind onnxcam's Transpose adapter; None: detect it).
     ``output_kind``: what the source model outputs (``logits``, ``softmax``, ``log_softmax``, ``sigmoid``);
     ``logits`` is always the class score, and probabilities are computed from it accordingly.
+    ``cams``: the CAMs embedded in the graph (``onnxcam embed``), one dict per method: ``method``, ``options``
+    (all of them, defaults included), ``output`` (``cam_<method>``), ``dtype`` (float32 or uint8), ``overlay``
+    (``overlay_<method>`` or None), ``alpha``, ``colormap``, and the ``preprocessing`` the overlay undoes.
     """
 
     target_layers: list[str] = field(default_factory=list)
@@ -53,6 +56,7 @@ class CamMetadata:
     input_layout: str | None = None
     output_kind: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    cams: list[dict[str, Any]] | None = None
     format_version: int = FORMAT_VERSION
 
 

@@ -8,7 +8,7 @@ returning the softmax probability of each row's class. Every metric that needs e
 perturbed inputs lazily and calls the scorer with chunks of at most ``batch_size`` images (never one at a time
 unless only one is left), so memory stays bounded and an accelerator sees full batches.
 
-Definitions (docs/design.md §6):
+Definitions (docs/design.md §7):
 
 * **Deletion / insertion** (Petsiuk et al., RISE, 2018): pixels are ranked by the CAM, highest first. Deletion sets
   the top ``k`` pixels to 0 (all channels, normalised space); insertion starts from a Gaussian-blurred copy of the

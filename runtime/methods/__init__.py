@@ -15,6 +15,17 @@ from . import (  # noqa: F401
     smoothgradcampp,
     xgradcam,
 )
-from .base import METHODS, CAMMethod, check_options, finalise, get_method, register
+from .base import (
+    METHODS,
+    CAMMethod,
+    check_options,
+    finalise,
+    finalise_graph,
+    get_method,
+    graph_form,
+    register,
+    with_defaults,
+)
 
-__all__ = ["CAMMethod", "METHODS", "register", "get_method", "check_options", "finalise"]
+__all__ = ["CAMMethod", "METHODS", "register", "graph_form", "get_method", "check_options", "finalise",
+           "finalise_graph", "with_defaults"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_pair, register
+from ..graph_builder import GraphBuilder
+from .base import as_float64, check_pair, graph_form, register, weighted_sum_graph
 
 
 @register(
@@ -19,3 +20,10 @@ def gradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     weights = g.reshape(n, c, h * w).mean(axis=2, dtype=np.float64)  # [N, C]
     cams = np.einsum("nc,ncz->nz", weights, a.reshape(n, c, h * w).astype(np.float64))
     return np.maximum(cams, 0.0).reshape(n, h, w).astype(np.float32)
+
+
+@graph_form("gradcam")
+def gradcam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int]) -> str:
+    """:func:`gradcam` as ONNX nodes: ReduceMean of G over (h, w), then ReLU(Σ_c w_c A_c)."""
+    activations, gradients = as_float64(b, activations, gradients)
+    return weighted_sum_graph(b, b.reduce("ReduceMean", gradients, [2, 3]), activations)

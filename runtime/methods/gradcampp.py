@@ -7,7 +7,8 @@ from numbers import Real
 import numpy as np
 
 from ..errors import OnnxcamError
-from .base import check_pair, register
+from ..graph_builder import GraphBuilder
+from .base import as_float64, check_pair, graph_form, register, weighted_sum_graph
 
 #: Added to the α denominator, as pytorch-grad-cam 1.5.7 does (``eps = 0.000001``).
 EPS = 1e-6
@@ -28,8 +29,7 @@ def gradcampp(activations: np.ndarray, gradients: np.ndarray, eps: float = EPS) 
     ε = ``eps`` (default 1e-6, pytorch-grad-cam's); it is not negligible next to 2G² when gradients are
     ~1e-3, so ``eps=0`` gives the paper's exact α = 1 / (2 + S_c·G).
     """
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, Real) or not (0.0 <= float(eps) < np.inf):
-        raise OnnxcamError(f"gradcampp option eps must be a finite number >= 0, got {eps!r}")
+    _check_eps(eps)
     a, g = check_pair(activations, gradients)
     n, c, h, w = a.shape
     weights = gradcampp_weights(a, g, eps)
@@ -48,3 +48,27 @@ def gradcampp_weights(activations: np.ndarray, gradients: np.ndarray, eps: float
     valid = (g64 != 0.0) & (denominator != 0.0)
     alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=valid)
     return (alpha * np.maximum(g64, 0.0)).sum(axis=2)
+
+
+@graph_form("gradcampp")
+def gradcampp_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
+                    eps: float = EPS) -> str:
+    """:func:`gradcampp` as ONNX nodes: α = G² / (2G² + S·G³ + ε) where G ≠ 0 and the denominator ≠ 0, else 0;
+    w = Σ_ij α·ReLU(G); ReLU(Σ_c w_c A_c)."""
+    activations, gradients = as_float64(b, activations, gradients)
+    _check_eps(eps)
+    sums = b.reduce("ReduceSum", activations, [2, 3])
+    g2 = b.op("Mul", gradients, gradients)
+    cubic = b.op("Mul", b.op("Mul", sums, g2), gradients)
+    denominator = b.op("Add", b.op("Add", b.op("Mul", b.const(2.0, np.float64), g2), cubic),
+                       b.const(float(eps), np.float64))
+    zero = b.const(0.0, np.float64)
+    valid = b.op("And", b.op("Not", b.op("Equal", gradients, zero)), b.op("Not", b.op("Equal", denominator, zero)))
+    alpha = b.op("Where", valid, b.op("Div", g2, b.op("Where", valid, denominator, b.const(1.0, np.float64))), zero)
+    weights = b.reduce("ReduceSum", b.op("Mul", alpha, b.op("Relu", gradients)), [2, 3])
+    return weighted_sum_graph(b, weights, activations)
+
+
+def _check_eps(eps: float) -> None:
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, Real) or not (0.0 <= float(eps) < np.inf):
+        raise OnnxcamError(f"gradcampp option eps must be a finite number >= 0, got {eps!r}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_pair, register
+from ..graph_builder import GraphBuilder
+from .base import as_float64, check_pair, graph_form, register, weighted_sum_graph
 
 
 @register(
@@ -17,3 +18,10 @@ def hirescam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     a, g = check_pair(activations, gradients)
     cams = np.einsum("nchw,nchw->nhw", g.astype(np.float64), a.astype(np.float64))
     return np.maximum(cams, 0.0).astype(np.float32)
+
+
+@graph_form("hirescam")
+def hirescam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int]) -> str:
+    """:func:`hirescam` as ONNX nodes: ReLU(Σ_c G·A)."""
+    activations, gradients = as_float64(b, activations, gradients)
+    return weighted_sum_graph(b, gradients, activations)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from .base import check_pair, register
+from ..graph_builder import GraphBuilder
+from .base import as_float64, check_pair, graph_form, register
 
 
 @register(
@@ -18,3 +20,10 @@ def normgrad(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     a_norm = np.linalg.norm(a.astype(np.float64), axis=1)  # [N, h, w]
     g_norm = np.linalg.norm(g.astype(np.float64), axis=1)
     return (g_norm * a_norm).astype(np.float32)
+
+
+@graph_form("normgrad")
+def normgrad_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int]) -> str:
+    """:func:`normgrad` as ONNX nodes: ReduceL2 over channels of G and of A, multiplied."""
+    norms = [b.reduce("ReduceL2", t, [1], keepdims=False) for t in as_float64(b, gradients, activations)]
+    return b.op("Cast", b.op("Mul", *norms), to=onnx.TensorProto.FLOAT)

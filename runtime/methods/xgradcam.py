@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_pair, register
+from ..graph_builder import GraphBuilder
+from .base import as_float64, check_pair, graph_form, register, weighted_sum_graph
 
 #: Added to the per-channel activation sum, as pytorch-grad-cam 1.5.7 does (``eps = 1e-7``).
 EPS = 1e-7
@@ -27,3 +28,14 @@ def xgradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     weights = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0.0)
     cams = np.einsum("nc,ncz->nz", weights, a64)
     return np.maximum(cams, 0.0).reshape(n, h, w).astype(np.float32)
+
+
+@graph_form("xgradcam")
+def xgradcam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int]) -> str:
+    """:func:`xgradcam` as ONNX nodes: w = Σ G·A / (Σ A + ε) over (h, w), 0 where that denominator is 0."""
+    activations, gradients = as_float64(b, activations, gradients)
+    numerator = b.reduce("ReduceSum", b.op("Mul", gradients, activations), [2, 3])
+    denominator = b.op("Add", b.reduce("ReduceSum", activations, [2, 3]), b.const(EPS, np.float64))
+    nonzero = b.op("Not", b.op("Equal", denominator, b.const(0.0, np.float64)))
+    weights = b.op("Div", numerator, b.op("Where", nonzero, denominator, b.const(1.0, np.float64)))
+    return weighted_sum_graph(b, b.op("Where", nonzero, weights, b.const(0.0, np.float64)), activations)

@@ -1,0 +1,106 @@
+"""Embedded CAMs (``onnxcam embed``) against the forward-only floor, in one process, on the same inputs.
+
+    python benchmarks/bench_embedded.py                        # resnet18, resnet50 at layer4; batch 1 and 8
+    python benchmarks/bench_embedded.py --markdown docs/performance_embedded.md
+    python benchmarks/bench_embedded.py --smoke                # seconds: resnet18 at 64x64, one repeat
+
+For each model, batch size and method it prints, in ms per image (median of the repeated runs after
+warm-ups, each runner timed in its own block): (a) ONNX Runtime's forward pass of the plain classifier, the
+floor; (b) one ORT run of a file that embeds only that method, from the preprocessed batch to the ``[N,H,W]``
+maps (only ``cam_<method>`` fetched); (c) for comparison, ``Explainer.explain(..., embedded=False)``: the
+gradient file plus numpy post-processing; and the ratios (b)/(a) and (c)/(a). Seeded random torchvision
+weights (no download), photographs from PyPI packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnxcam.exporter import export_torch  # noqa: E402
+from onnxcam.exporter.embed import embed_cams, embeddable  # noqa: E402
+from onnxcam.runtime import Explainer  # noqa: E402
+from onnxcam.runtime.benchmark import forward_floor, machine, measure  # noqa: E402
+from onnxcam.runtime.session import create_session, session_options  # noqa: E402
+from sample_models.photos import photographs  # noqa: E402
+
+HEADER = ["model", "batch", "method", "(a) floor ms/img", "(b) embedded ms/img", "(c) numpy path ms/img",
+          "(b)/(a)", "(c)/(a)"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--methods", default=",".join(embeddable()))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--markdown", type=pathlib.Path, help="also write the table as this markdown file")
+    parser.add_argument("--smoke", action="store_true", help="tiny run: resnet18 at 64x64, batch 1, one repeat")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.batches, args.size, args.warmup, args.repeats = "resnet18", "1", 64, 1, 1
+    started = time.time()
+    rows = []
+    options = session_options()
+    images, _ = photographs()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            import torchvision
+
+            torch.manual_seed(0)
+            module = getattr(torchvision.models, name)(weights=None).eval()
+            print(f"[{time.time() - started:5.0f}s] exporting {name} at layer4", file=sys.stderr)
+            path = export_torch(module, pathlib.Path(tmp) / f"{name}.onnx", target_layer="layer4",
+                                input_shape=(3, args.size, args.size))
+            explainer = Explainer(path, providers=args.device, session_options=options)
+            floor = forward_floor(explainer)
+            print(f"[{time.time() - started:5.0f}s] providers {explainer.providers}", file=sys.stderr)
+            sessions = {}
+            for method in args.methods.split(","):
+                model = embed_cams(explainer.model, [method])
+                sessions[method] = create_session(model.SerializeToString(), explainer.providers, options)
+            for n in map(int, args.batches.split(",")):
+                batch, _ = explainer.preprocess([images[i % len(images)] for i in range(n)])
+                index = np.full(n, -1, np.int64)
+                timing = {"floor": measure(floor, batch, warmup=args.warmup, repeats=args.repeats)}
+                for method, session in sessions.items():
+                    timing[method] = measure(lambda b, s=session, m=method, i=index: s.run(
+                        [f"cam_{m}"], {"input": b, "class_index": i}), batch,
+                        warmup=args.warmup, repeats=args.repeats)
+                    timing[f"numpy {method}"] = measure(lambda b, m=method, e=explainer: e.explain(
+                        b, method=m, embedded=False), batch, warmup=args.warmup, repeats=args.repeats)
+                    print(f"[{time.time() - started:5.0f}s] {name} batch {n} {method}", file=sys.stderr)
+                a = timing["floor"].ms_per_image
+                for method in sessions:
+                    b, c = timing[method].ms_per_image, timing[f"numpy {method}"].ms_per_image
+                    rows.append([f"{name} (layer4)", str(n), method, f"{a:.1f}", f"{b:.1f}", f"{c:.1f}",
+                                 f"{b / a:.3f}", f"{c / a:.3f}"])
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    for row in [HEADER, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    host = machine()
+    print(f"machine: {host}; device {args.device}; {time.time() - started:.0f} s in all")
+    if args.markdown:
+        command = "python benchmarks/bench_embedded.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        lines = [f"Measured {datetime.date.today().isoformat()} with `{command.strip()}` on: {host}; "
+                 f"device `{args.device}`.", "", "| " + " | ".join(HEADER) + " |",
+                 "|" + "---|" * len(HEADER), *["| " + " | ".join(r) + " |" for r in rows], ""]
+        args.markdown.write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

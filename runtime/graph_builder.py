@@ -1,0 +1,81 @@
+"""Emitting ONNX nodes: the one builder that the gradient pass, the CAM methods' graph forms and the overlay
+share (docs/design.md, "The ONNX contract").
+
+Only onnx and numpy: the runtime uses it to build graph forms without the exporter.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+#: IR version ONNX Runtime 1.17+ accepts for every opset onnxcam writes (onnx 1.23 writes 14 by default).
+MAX_IR_VERSION = 10
+#: Reduce ops whose ``axes`` became an input at opset 18 (ReduceSum's did at 13).
+AXES_INPUT_FROM = {"ReduceSum": 13}
+
+
+def set_ir_version(model: onnx.ModelProto) -> None:
+    """Lower the IR version to one ONNX Runtime accepts, never below what the opsets need."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(needed, min(model.ir_version, MAX_IR_VERSION))
+
+
+class GraphBuilder:
+    """Collects new nodes and initializers; every name it makes starts with ``prefix``.
+
+    ``opset`` is the default-domain opset of the model the nodes go into (it decides the form of Reduce ops).
+    """
+
+    def __init__(self, prefix: str = "onnxcam/grad", opset: int = 17) -> None:
+        self.prefix = prefix
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = itertools.count()
+        self._consts: dict[tuple, str] = {}
+
+    def name(self, hint: str) -> str:
+        """A fresh tensor or node name."""
+        return f"{self.prefix}/{hint}_{next(self._count)}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
+        """Emit ``op_type(inputs, **attrs)``; returns the output name (a list when ``outputs > 1``)."""
+        node_name = self.name(op_type)
+        outs = [f"{node_name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, value: float | Sequence | np.ndarray, dtype: type = np.float32) -> str:
+        """A constant tensor (an initializer), shared between identical values."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = self.name("const")
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values: Sequence[int]) -> str:
+        """A 1-D int64 constant (shapes, axes, starts, ends)."""
+        return self.const(list(values), np.int64)
+
+    def sum(self, names: Sequence[str]) -> str:
+        """Σ names (fan-out accumulation)."""
+        return names[0] if len(names) == 1 else self.op("Sum", *names)
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
+        """``op_type`` (ReduceSum, ReduceMean, ReduceMax, ReduceL2, …) over ``axes``, with ``axes`` as an
+        attribute or an input as this builder's opset wants."""
+        if self.opset >= AXES_INPUT_FROM.get(op_type, 18):
+            return self.op(op_type, x, self.ints(list(axes)), keepdims=int(keepdims))
+        return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
+
+    def add_to(self, model: onnx.ModelProto) -> None:
+        """Append the collected nodes and initializers to ``model``'s graph."""
+        model.graph.node.extend(self.nodes)
+        model.graph.initializer.extend(self.initializers)
