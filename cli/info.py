@@ -63,4 +63,10 @@ def describe(path: str, *, input_size: tuple[int, int] | None = None, input_layo
                      "before the head)")
     lines.append("gradients:     " + ("in the file (an onnxcam graph)" if has_gradients(model)
                                       else "added in memory when explaining"))
+    if meta.cams:
+        shown = ", ".join(f"{e['method']} ({e['dtype']}{', overlay' if e.get('overlay') else ''})" for e in meta.cams)
+        outputs = ", ".join(n for e in meta.cams for n in (e["output"], e.get("overlay")) if n)
+        lines.append(f"embedded CAMs: {shown}: outputs {outputs}")
+    else:
+        lines.append("embedded CAMs: none (add the finished maps with `onnxcam embed MODEL --cam gradcam -o OUT`)")
     return lines

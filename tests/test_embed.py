@@ -222,6 +222,8 @@ def test_cli_embed(tmp_path):
     assert "cam_gradcam, overlay_gradcam, cam_gradcampp, overlay_gradcampp at 64x64" in result.output
     meta = read_metadata(onnx.load(out))
     assert [(e["method"], e["options"]) for e in meta.cams] == [("gradcam", {}), ("gradcampp", {"eps": 0})]
+    info = runner.invoke(main, ["info", str(out)])
+    assert "embedded CAMs: gradcam (float32, overlay), gradcampp (float32, overlay)" in info.output, info.output
     explain = runner.invoke(main, ["explain", str(out), str(SAMPLES[0]), "--method", "gradcam", "-o",
                                    str(tmp_path / "maps")])
     assert explain.exit_code == 0, explain.output
