@@ -155,6 +155,9 @@ def _write_atomic(model: onnx.ModelProto, dst: pathlib.Path, src_dir: pathlib.Pa
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         for tmp, target in copied:
             tmp.replace(target)
         os.replace(tmp_name, dst)
