@@ -141,14 +141,6 @@ def _transpose_back(v: VJP, grad: str, channels: int, k, s, d, pads, xs, ys, wei
                   pads=pads, output_padding=out_pad)
 
 
-@rule("Conv")
-def conv(v: VJP) -> Grads:
-    """dx = ConvTranspose(g, W) with the Conv's group/strides/pads/dilations and the output padding."""
-    v.only_first_input()
-    xs, ys, k, s, d, pads = _spatial(v)
-    return [_transpose_back(v, v.g, v.attrs.get("group", 1), k, s, d, pads, xs, ys, v.node.input[1])]
-
-
 @rule("AveragePool")
 def average_pool(v: VJP) -> Grads:
     """dx = depthwise ConvTranspose(g / divisor, ones): divisor per output position (count_include_pad)."""
@@ -337,6 +329,32 @@ def div(v: VJP) -> Grads:
             v.unbroadcast(b.op("Neg", b.op("Div", b.op("Mul", v.g, v.y), c)), c) if v.needs[1] else None]
 
 
+#: Slice end meaning "past the start" for a negative step, whatever the axis length.
+BEFORE_START = -(2**62)
+
+
+def reverse(v: VJP, t: str, axes: list[int]) -> str:
+    """``t`` reversed along ``axes`` (Slice with step −1)."""
+    n = len(axes)
+    return v.b.op("Slice", t, v.b.ints([-1] * n), v.b.ints([BEFORE_START] * n), v.b.ints(axes), v.b.ints([-1] * n))
+
+
+def own_copy(v: VJP, weight: str) -> str:
+    """A bit-identical copy of ``weight`` (reversed twice along axis 0) that OpenVINO folds into a constant of
+    its own. A backward node that reads a forward node's square weight transposed must not read the same
+    constant: OpenVINO's CPU plugin caches reordered weights by buffer, not by how they are read (design.md §4)."""
+    return v.b.memo((weight, "copy"), lambda: reverse(v, reverse(v, weight, [0]), [0]))
+
+
+def weight_read_transposed(v: VJP, name: str) -> str:
+    """``name`` for a backward MatMul/Gemm/Einsum: its own copy when it is a constant whose last two axes are
+    equal (a square Linear weight), else itself."""
+    shape = v.info.shapes.get(name)
+    if v.info.constants.get(name) is not None and shape and len(shape) >= 2 and shape[-1] == shape[-2] > 1:
+        return own_copy(v, name)
+    return name
+
+
 @rule("Gemm")
 def gemm(v: VJP) -> Grads:
     """Y = α·A'·B' + β·C: dA' = α·g·B'ᵀ, dB' = α·A'ᵀ·g, dC = unbroadcast(β·g)."""
@@ -345,10 +363,10 @@ def gemm(v: VJP) -> Grads:
     ins = list(v.node.input)
     grads: Grads = [None] * len(ins)
     if v.needs[0]:
-        da = b.op("Gemm", v.g, ins[1], alpha=alpha, transB=1 - tb)
+        da = b.op("Gemm", v.g, weight_read_transposed(v, ins[1]), alpha=alpha, transB=1 - tb)
         grads[0] = b.op("Transpose", da) if ta else da
     if v.needs[1]:
-        db = b.op("Gemm", ins[0], v.g, alpha=alpha, transA=1 - ta)
+        db = b.op("Gemm", weight_read_transposed(v, ins[0]), v.g, alpha=alpha, transA=1 - ta)
         grads[1] = b.op("Transpose", db) if tb else db
     if len(ins) > 2 and v.needs[2]:
         grads[2] = v.unbroadcast(b.op("Mul", v.g, b.const(beta)), ins[2])
@@ -366,8 +384,8 @@ def matmul(v: VJP) -> Grads:
     def t(name: str, rank: int) -> str:
         return b.op("Transpose", name, perm=[*range(rank - 2), rank - 1, rank - 2])
 
-    return [v.unbroadcast(b.op("MatMul", v.g, t(c, ranks[1])), a) if v.needs[0] else None,
-            v.unbroadcast(b.op("MatMul", t(a, ranks[0]), v.g), c) if v.needs[1] else None]
+    return [v.unbroadcast(b.op("MatMul", v.g, t(weight_read_transposed(v, c), ranks[1])), a) if v.needs[0] else None,
+            v.unbroadcast(b.op("MatMul", t(weight_read_transposed(v, a), ranks[0]), v.g), c) if v.needs[1] else None]
 
 
 @rule("Concat")
@@ -440,7 +458,7 @@ def slice_(v: VJP) -> Grads:
 
 def _reduce_mean(v: VJP, t: str, axes: list[int]) -> str:
     """ReduceMean over ``axes`` with keepdims, in the model's opset form (axes input from opset 18)."""
-    return v.b.reduce("ReduceMean", t, axes)
+    return v.b.reduce("ReduceMean", t, axes, opset=v.opset)
 
 
 @rule("Tanh")

@@ -1,4 +1,4 @@
-"""Gradient rules for re-sampling, layout and normalisation ops: Resize / Upsample, ConvTranspose, Einsum,
+"""Gradient rules for re-sampling, layout and normalisation ops: Resize / Upsample, Conv, ConvTranspose, Einsum,
 DepthToSpace / SpaceToDepth, Tile, GroupNormalization, LRN, and the reflect / edge / wrap modes of Pad
 (:func:`pad_back`, called by ``rules.pad``). Registered into ``rules.RULES`` when ``rules`` is imported.
 
@@ -22,10 +22,19 @@ from collections import Counter
 import numpy as np
 
 from .graph import Shape
-from .rules import VJP, Grads, _reduce_mean, conv_geometry, rule
-
-#: Slice end meaning "past the start" for a negative step, whatever the axis length.
-_BEFORE_START = -(2**62)
+from .rules import (
+    BEFORE_START,
+    VJP,
+    Grads,
+    _reduce_mean,
+    _spatial,
+    _transpose_back,
+    conv_geometry,
+    own_copy,
+    reverse,
+    rule,
+    weight_read_transposed,
+)
 
 
 def _dims(v: VJP, shape: list[int | None]) -> list[int]:
@@ -268,14 +277,76 @@ def upsample(v: VJP) -> Grads:
     return [_resize_back(v, mode, "asymmetric", "simple", scales, [(0.0, 1.0)] * rank)] + _others(v)
 
 
-# --- ConvTranspose -----------------------------------------------------------------------------------------------
+# --- Conv and ConvTranspose --------------------------------------------------------------------------------------
+#
+# The input-VJP of a Conv is a ConvTranspose with the Conv's weight, and that of a ConvTranspose a Conv with its
+# weight. Handing the backward node the forward node's weight tensor itself is what breaks OpenVINO's CPU plugin
+# (2026.4): it reorders each (De)Convolution weight into a blocked layout once and caches the result under
+# (blocked format and dims, byte size, address of the source constant), not under the layout it read the source
+# in. A Deconvolution reads its [C_in, C_out/g, k…] weight as the transposed view of the same buffer, so
+# when C_in/g == C_out/g > 1 both nodes ask for the same key, the second gets the first's reordering and computes
+# with the untransposed weight (relative error ~1; depthwise and per-group non-square weights are unaffected).
+# Identity, Reshape, Mul by 1 and Transpose pairs are folded back onto the same buffer, so the backward node gets a
+# weight computed in-graph from the forward one, which OpenVINO and ONNX Runtime fold into a constant of its own at
+# load time: nothing is added to the file but a few index constants.
+#   * stride 1: dx = Conv(g, flip(Wᵀ)), the "full" correlation with the per-group transposed, spatially reversed
+#     weight and pads d·(k−1) − p. Exact (the same products, summed in a different order), and ONNX Runtime's Conv
+#     (NCHWc, depthwise kernels) is faster than its ConvTranspose: 13-30 % less backward time on resnet18 and
+#     mobilenet_v2.
+#   * strides > 1 (or pads beyond the kernel's reach): the ConvTranspose, its weight reversed twice along axis 0
+#     (a bit-identical copy) when it is per-group square; the same for a ConvTranspose's backward Conv.
+# docs/design.md ("OpenVINO") has the measurements.
+
+def _square_per_group(shape: Shape, group: int) -> bool:
+    """A [C_a, C_b/g, k…] weight with C_a/g == C_b/g > 1: one OpenVINO mixes up with its transpose (see above)."""
+    return shape[0] // group == shape[1] > 1
+
+
+def _flipped_transposed(v: VJP, weight: str, group: int, shape: Shape) -> str:
+    """The [C_in, C_out/g, k…] weight of the stride-1 Conv that undoes a Conv with [C_out, C_in/g, k…] ``weight``:
+    per group, input and output channels swapped; every spatial axis reversed."""
+
+    def make() -> str:
+        b = v.b
+        cout, cin_g, *k = shape
+        cout_g, nd = cout // group, len(k)
+        t = weight
+        if group == 1:
+            t = b.op("Transpose", weight, perm=[1, 0, *range(2, 2 + nd)])
+        elif cin_g > 1 and cout_g > 1:
+            t = b.op("Reshape", weight, b.ints([group, cout_g, cin_g, *k]))
+            t = b.op("Transpose", t, perm=[0, 2, 1, *range(3, 3 + nd)])
+            t = b.op("Reshape", t, b.ints([cin_g * group, cout_g, *k]))
+        elif cout_g != cin_g:  # one of them is 1: the swap is a reshape
+            t = b.op("Reshape", weight, b.ints([cin_g * group, cout_g, *k]))
+        return reverse(v, t, list(range(2, 2 + nd)))
+
+    return v.b.memo((weight, "flipped_transposed", group), make)
+
+
+@rule("Conv")
+def conv(v: VJP) -> Grads:
+    """dx = Conv(g, flip(Wᵀ)) with pads d·(k−1) − p at stride 1; otherwise ConvTranspose(g, W) with the Conv's
+    group/strides/pads/dilations and the output padding (W as its own copy where per-group square)."""
+    v.only_first_input()
+    xs, ys, k, s, d, pads = _spatial(v)
+    nd, group, weight = len(xs), v.attrs.get("group", 1), v.node.input[1]
+    shape = v.shape(weight)
+    full = [d[i % nd] * (k[i % nd] - 1) - pads[i] for i in range(2 * nd)]
+    if all(st == 1 for st in s) and min(full) >= 0 and None not in shape:
+        grad = v.b.op("Conv", v.g, _flipped_transposed(v, weight, group, shape), group=group, kernel_shape=k,
+                      dilations=d, pads=full)
+        return [grad] + _others(v)
+    if None not in shape and _square_per_group(shape, group):
+        weight = own_copy(v, weight)
+    return [_transpose_back(v, v.g, group, k, s, d, pads, xs, ys, weight)] + _others(v)
 
 
 @rule("ConvTranspose")
 def conv_transpose(v: VJP) -> Grads:
-    """dx = Conv(g, W) with the same weight, group, strides, dilations and pads (explicit, or derived from
-    auto_pad / output_shape as the ONNX spec and ORT split them); output_padding only adds output positions,
-    which the Conv ignores, cropped off where the Conv's output overhangs the input."""
+    """dx = Conv(g, W) with the same weight (its own copy where per-group square), group, strides, dilations and
+    pads (explicit, or derived from auto_pad / output_shape as the ONNX spec and ORT split them); output_padding only
+    adds output positions, which the Conv ignores, cropped off where the Conv's output overhangs the input."""
     v.only_first_input()
     a = v.attrs
     xs, ys, k, s, d = conv_geometry(v)
@@ -291,8 +362,11 @@ def conv_transpose(v: VJP) -> Grads:
         pads = [0] * 2 * nd
     else:
         pads = list(a.get("pads", [0] * 2 * nd))
-    grad = v.b.op("Conv", v.g, v.node.input[1], group=a.get("group", 1), kernel_shape=k, strides=s, dilations=d,
-                  pads=pads)
+    group, weight = a.get("group", 1), v.node.input[1]
+    shape = v.shape(weight)
+    if None not in shape and _square_per_group(shape, group):
+        weight = own_copy(v, weight)
+    grad = v.b.op("Conv", v.g, weight, group=group, kernel_shape=k, strides=s, dilations=d, pads=pads)
     conv_out = [(o + pads[i] + pads[i + nd] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i, o in enumerate(ys)]
     if any(c < i for c, i in zip(conv_out, xs)):
         raise v.fail("the output is smaller than the ConvTranspose's input map implies")
@@ -347,7 +421,7 @@ def einsum(v: VJP) -> Grads:
         present = set(out).union(*(subs[j] for j in others))
         kept = "".join(c for c in letters if c in present)
         equation = ",".join([out] + [subs[j] for j in others]) + "->" + kept
-        grad = b.op("Einsum", v.g, *[ins[j] for j in others], equation=equation)
+        grad = b.op("Einsum", v.g, *[weight_read_transposed(v, ins[j]) for j in others], equation=equation)
         missing = [p for p, c in enumerate(letters) if c not in present]
         if missing:
             grad = b.op("Expand", b.op("Unsqueeze", grad, b.ints(missing)), b.op("Shape", name))
@@ -496,7 +570,7 @@ def pad_back(v: VJP, pads: list[int], axes: list[int], mode: str) -> str:
         pieces = []
         for o0, o1, step in runs:
             if step == -1:
-                piece = b.op("Slice", grad, b.ints([o1 - 1]), b.ints([o0 - 1 if o0 > 0 else _BEFORE_START]),
+                piece = b.op("Slice", grad, b.ints([o1 - 1]), b.ints([o0 - 1 if o0 > 0 else BEFORE_START]),
                              b.ints([axis]), b.ints([-1]))
             else:
                 piece = b.op("Slice", grad, b.ints([o0]), b.ints([o1]), b.ints([axis]))

@@ -7,7 +7,7 @@ Only onnx and numpy: the runtime uses it to build graph forms without the export
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -38,6 +38,7 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._count = itertools.count()
         self._consts: dict[tuple, str] = {}
+        self._memo: dict[tuple, str] = {}
 
     def name(self, hint: str) -> str:
         """A fresh tensor or node name."""
@@ -68,10 +69,17 @@ class GraphBuilder:
         """Σ names (fan-out accumulation)."""
         return names[0] if len(names) == 1 else self.op("Sum", *names)
 
-    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
+    def memo(self, key: tuple, make: Callable[[], str]) -> str:
+        """``make()``'s tensor, made once per ``key`` (tensors derived from a weight, shared by its users)."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True, opset: int | None = None,
+               ) -> str:
         """``op_type`` (ReduceSum, ReduceMean, ReduceMax, ReduceL2, …) over ``axes``, with ``axes`` as an
-        attribute or an input as this builder's opset wants."""
-        if self.opset >= AXES_INPUT_FROM.get(op_type, 18):
+        attribute or an input as the opset (``opset``, default this builder's) wants."""
+        if (opset or self.opset) >= AXES_INPUT_FROM.get(op_type, 18):
             return self.op(op_type, x, self.ints(list(axes)), keepdims=int(keepdims))
         return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
 
