@@ -6,10 +6,10 @@
 
 For each model, batch size and method it prints, in ms per image (median of the repeated runs after
 warm-ups, each runner timed in its own block): (a) ONNX Runtime's forward pass of the plain classifier, the
-floor; (b) one ORT run of a file that embeds only that method, from the preprocessed batch to the ``[N,H,W]``
-maps (only ``cam_<method>`` fetched); (c) for comparison, ``Explainer.explain(..., embedded=False)``: the
-gradient file plus numpy post-processing; and the ratios (b)/(a) and (c)/(a). Seeded random torchvision
-weights (no download), photographs from PyPI packages.
+floor, timed right before and after each runner; (b) one ORT run of a file that embeds only that method, from
+the preprocessed batch to the ``[N,H,W]`` maps (only ``cam_<method>`` fetched); (c) for comparison,
+``Explainer.explain(..., embedded=False)``: the gradient file plus numpy post-processing; and the ratios
+(b)/(a) and (c)/(a). Seeded random torchvision weights (no download), photographs from PyPI packages.
 """
 
 from __future__ import annotations
@@ -75,17 +75,19 @@ def main(argv: list[str] | None = None) -> int:
             for n in map(int, args.batches.split(",")):
                 batch, _ = explainer.preprocess([images[i % len(images)] for i in range(n)])
                 index = np.full(n, -1, np.int64)
-                timing = {"floor": measure(floor, batch, warmup=args.warmup, repeats=args.repeats)}
                 for method, session in sessions.items():
-                    timing[method] = measure(lambda b, s=session, m=method, i=index: s.run(
+                    # the floor is timed right before and after each runner (the machine's speed drifts over
+                    # minutes); each ratio is against the mean of the two
+                    before = measure(floor, batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
+                    embedded = measure(lambda b, s=session, m=method, i=index: s.run(
                         [f"cam_{m}"], {"input": b, "class_index": i}), batch,
-                        warmup=args.warmup, repeats=args.repeats)
-                    timing[f"numpy {method}"] = measure(lambda b, m=method, e=explainer: e.explain(
-                        b, method=m, embedded=False), batch, warmup=args.warmup, repeats=args.repeats)
-                    print(f"[{time.time() - started:5.0f}s] {name} batch {n} {method}", file=sys.stderr)
-                a = timing["floor"].ms_per_image
-                for method in sessions:
-                    b, c = timing[method].ms_per_image, timing[f"numpy {method}"].ms_per_image
+                        warmup=args.warmup, repeats=args.repeats).ms_per_image
+                    numpy_path = measure(lambda b, m=method, e=explainer: e.explain(
+                        b, method=m, embedded=False), batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
+                    after = measure(floor, batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
+                    a, b, c = (before + after) / 2, embedded, numpy_path
+                    print(f"[{time.time() - started:5.0f}s] {name} batch {n} {method}: floor {before:.1f}/{after:.1f}",
+                          file=sys.stderr)
                     rows.append([f"{name} (layer4)", str(n), method, f"{a:.1f}", f"{b:.1f}", f"{c:.1f}",
                                  f"{b / a:.3f}", f"{c / a:.3f}"])
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
