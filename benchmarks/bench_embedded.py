@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat each measurement; report the medians")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the table as this markdown file")
     parser.add_argument("--smoke", action="store_true", help="tiny run: resnet18 at 64x64, batch 1, one repeat")
@@ -77,19 +78,25 @@ def main(argv: list[str] | None = None) -> int:
                 index = np.full(n, -1, np.int64)
                 for method, session in sessions.items():
                     # the floor is timed right before and after each runner (the machine's speed drifts over
-                    # minutes); each ratio is against the mean of the two
-                    before = measure(floor, batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
-                    embedded = measure(lambda b, s=session, m=method, i=index: s.run(
-                        [f"cam_{m}"], {"input": b, "class_index": i}), batch,
-                        warmup=args.warmup, repeats=args.repeats).ms_per_image
-                    numpy_path = measure(lambda b, m=method, e=explainer: e.explain(
-                        b, method=m, embedded=False), batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
-                    after = measure(floor, batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
-                    a, b, c = (before + after) / 2, embedded, numpy_path
-                    print(f"[{time.time() - started:5.0f}s] {name} batch {n} {method}: floor {before:.1f}/{after:.1f}",
-                          file=sys.stderr)
+                    # minutes); each ratio is against the mean of the two; with --rounds the whole is repeated
+                    # and the median of each column is reported
+                    cells = []
+                    for _ in range(args.rounds):
+                        before = measure(floor, batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
+                        embedded = measure(lambda b, s=session, m=method, i=index: s.run(
+                            [f"cam_{m}"], {"input": b, "class_index": i}), batch,
+                            warmup=args.warmup, repeats=args.repeats).ms_per_image
+                        numpy_path = measure(lambda b, m=method, e=explainer: e.explain(
+                            b, method=m, embedded=False), batch, warmup=args.warmup,
+                            repeats=args.repeats).ms_per_image
+                        after = measure(floor, batch, warmup=args.warmup, repeats=args.repeats).ms_per_image
+                        a = (before + after) / 2
+                        cells.append((a, embedded, numpy_path, embedded / a, numpy_path / a))
+                        print(f"[{time.time() - started:5.0f}s] {name} batch {n} {method}: floor {before:.1f}/"
+                              f"{after:.1f}, embedded {embedded / a:.3f}x", file=sys.stderr)
+                    a, b, c, rb, rc = np.median(np.asarray(cells), axis=0)
                     rows.append([f"{name} (layer4)", str(n), method, f"{a:.1f}", f"{b:.1f}", f"{c:.1f}",
-                                 f"{b / a:.3f}", f"{c / a:.3f}"])
+                                 f"{rb:.3f}", f"{rc:.3f}"])
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     for row in [HEADER, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))

@@ -243,3 +243,16 @@ def test_cli_embed(tmp_path):
     same = runner.invoke(main, ["embed", str(out), "--cam", "gradcam", "-o", str(out)])
     assert same.exit_code == 1 and "is the input model" in same.output
     assert json.loads(json.dumps(read_metadata(onnx.load(out)).cams))  # the file is intact
+
+
+def test_several_layers_are_fused_as_the_runtime_fuses_them():
+    layers = ["/model/stem/stem.6/Relu_output_0", "onnxcam_target"]
+    model = embed_cams(onnx.load(SHAPES_MODEL), ["gradcam", "layercam"], layer=layers)
+    explainer = Explainer(model, providers="cpu")
+    assert explainer.metadata.target_tensors == layers and explainer.embedded_output("gradcam") == "cam_gradcam"
+    for method in ("gradcam", "layercam"):
+        fused = explainer.explain(SAMPLES, method=method, class_index=1)
+        expected = explainer.explain(SAMPLES, method=method, class_index=1, embedded=False)
+        assert np.abs(fused.cams - expected.cams).max() <= 1e-5
+        single = Explainer(SHAPES_MODEL, providers="cpu").explain(SAMPLES, method=method, class_index=1).cams
+        assert np.abs(fused.cams - single).max() > 0.05  # the earlier layer really takes part
