@@ -236,17 +236,10 @@ def export(tv_name: str | None, factory: str | None, weights: str | None, layer:
 
 
 def _method_list(text: str) -> list[str]:
-    """``gradcam,layercam`` → the method names, each checked to have a graph form."""
-    from onnxcam.exporter.embed import embeddable
+    """``gradcam,layercam`` → the method names, each checked to have a graph form (before any slow work)."""
+    from onnxcam.exporter.embed import check_cams
 
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    known = embeddable()
-    for name in names:
-        if name not in known:
-            raise OnnxcamError(f"method '{name}' cannot be embedded; embeddable: {', '.join(known)}")
-    if not names:
-        raise OnnxcamError(f"--cam needs at least one method; embeddable: {', '.join(known)}")
-    return names
+    return check_cams([n.strip() for n in text.split(",") if n.strip()])
 
 
 def _cam_options(text: str | None, methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -143,9 +143,9 @@ def _write_atomic(model: onnx.ModelProto, dst: pathlib.Path, src_dir: pathlib.Pa
     """Write ``model`` to ``dst`` via a temporary file and a rename; copy its external data files next to
     it when ``dst`` is in another folder (the references stay relative, the weights unchanged)."""
     folder = dst.parent if str(dst.parent) else pathlib.Path(".")
+    tmp_name, copied = None, []
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        copied = []
         for name in externals:
             target = folder / name
             if target.resolve() != (src_dir / name).resolve():
@@ -161,5 +161,11 @@ def _write_atomic(model: onnx.ModelProto, dst: pathlib.Path, src_dir: pathlib.Pa
         for tmp, target in copied:
             tmp.replace(target)
         os.replace(tmp_name, dst)
-    except OSError as exc:
-        raise OnnxcamError(f"could not write '{dst}' ({exc.strerror}); choose another -o") from None
+    except BaseException as exc:
+        if tmp_name is not None:
+            pathlib.Path(tmp_name).unlink(missing_ok=True)
+        for tmp, _ in copied:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OnnxcamError(f"could not write '{dst}' ({exc.strerror}); choose another -o") from None
+        raise

@@ -36,6 +36,18 @@ def embeddable() -> list[str]:
     return sorted(name for name, spec in METHODS.items() if spec.build is not None)
 
 
+def check_cams(cams: Sequence[str]) -> list[str]:
+    """``cams`` without repeats, each checked to be a method with a graph form; one-line errors otherwise."""
+    names = list(dict.fromkeys(cams))
+    if not names:
+        raise OnnxcamError(f"name at least one method to embed; embeddable: {', '.join(embeddable())}")
+    for name in names:
+        if get_method(name).build is None:
+            raise OnnxcamError(f"method '{name}' cannot be embedded in the graph (it has no graph form); "
+                               f"embeddable: {', '.join(embeddable())}")
+    return names
+
+
 def embed_cams(
     model: onnx.ModelProto,
     cams: Sequence[str],
@@ -61,13 +73,7 @@ def embed_cams(
     """
     from .gradient_pass import add_gradients
 
-    names = list(dict.fromkeys(cams))
-    if not names:
-        raise OnnxcamError(f"name at least one method to embed; embeddable: {', '.join(embeddable())}")
-    for name in names:
-        if get_method(name).build is None:
-            raise OnnxcamError(f"method '{name}' cannot be embedded in the graph (it has no graph form); "
-                               f"embeddable: {', '.join(embeddable())}")
+    names = check_cams(cams)
     if dtype not in DTYPES:
         raise OnnxcamError(f"--cam-dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     unknown = sorted(set(options or {}) - set(names))
@@ -88,21 +94,19 @@ def embed_cams(
     preprocessing = check_preprocessing(dict(meta.preprocessing or IMAGENET_PREPROCESSING), meta.input_size[0])
 
     b = GraphBuilder(PREFIX, opset=opset_of(model))
-    tensors = []
-    for a_name, g_name in pairs:
+    tensors = []  # per target layer: activations and gradients as [N,C,h,w], and (C, h, w); shared by the methods
+    for (a_name, g_name), layout in zip(pairs, layouts):
         shape = tuple(d.dim_value for d in outputs[a_name].type.tensor_type.shape.dim[1:])
         if not shape or 0 in shape:
             raise OnnxcamError(f"the shape of '{a_name}' is not static; re-export the model with a static image size")
-        tensors.append((a_name, g_name, shape))
+        a, nchw = to_nchw_graph(b, a_name, layout, shape)
+        g, _ = to_nchw_graph(b, g_name, layout, shape)
+        tensors.append((a, g, nchw))
     new_outputs, entries = [], []
     for name in names:
         spec = METHODS[name]
-        maps = []
-        for (a_name, g_name, shape), layout in zip(tensors, layouts):
-            a, nchw = to_nchw_graph(b, a_name, layout, shape)
-            g, _ = to_nchw_graph(b, g_name, layout, shape)
-            raw = spec.build(b, a, g, nchw, **chosen[name])
-            maps.append(finalise_graph(b, raw, (height, width), spec.normalise))
+        maps = [finalise_graph(b, spec.build(b, a, g, nchw, **chosen[name]), (height, width), spec.normalise)
+                for a, g, nchw in tensors]
         cam = maps[0] if len(maps) == 1 else _fuse_graph(b, maps)
         out = cam if dtype == "float32" else to_uint8_graph(b, cam)
         b.nodes.append(helper.make_node("Identity", [out], [f"cam_{name}"], name=f"{PREFIX}/cam_{name}"))
@@ -155,4 +159,4 @@ def strip_cams(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-__all__ = ["embed_cams", "embeddable", "strip_cams"]
+__all__ = ["check_cams", "embed_cams", "embeddable", "strip_cams"]

@@ -9,7 +9,6 @@ import contextlib
 import io
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -272,16 +271,7 @@ def export_torch(
     if parity.images < 2:
         raise OnnxcamError(f"gradient check inconclusive: {parity.flips} of 4 probe images hold values within float32 "
                            "rounding of a ReLU kink; nothing was written")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(result.SerializeToString())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    from .annotate import write_model
+
+    write_model(result, path)
     return path
