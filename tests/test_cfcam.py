@@ -10,8 +10,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist, squareform
-from sklearn.cluster import DBSCAN
 
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.methods import check_options, finalise, get_method
@@ -20,9 +18,7 @@ from onnxcam.runtime.methods.cfcam import (
     bilateral_filter,
     cfcam,
     cfcam_details,
-    cluster_channels,
     filter_gradient,
-    percentile_of_pairs,
     resolve_options,
 )
 
@@ -407,54 +403,7 @@ def test_bad_shapes() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The fast clustering path gives what the plain definition gives
-
-
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 10, 101, 1000])
-def test_percentile_of_pairs_equals_percentile_of_doubled_list(m: int) -> None:
-    values = np.random.default_rng(m).gamma(2.0, size=m)
-    for q in (0.0, 10.0, 25.0, 50.0, 99.0, 100.0):
-        assert percentile_of_pairs(values, q) == pytest.approx(np.percentile(np.repeat(values, 2), q), rel=1e-14)
-    ties = np.round(values * 2) / 2  # many equal distances
-    assert percentile_of_pairs(ties, 25.0) == pytest.approx(np.percentile(np.repeat(ties, 2), 25), rel=1e-14)
-    for zeros in (1, 3, m // 4, m, 5 * m):  # extra pairs at distance 0, around every position of the percentile
-        doubled = np.repeat(np.r_[values, np.zeros(zeros)], 2)
-        for q in (0.0, 10.0, 25.0, 60.0, 100.0):
-            assert percentile_of_pairs(values, q, zeros=zeros) == pytest.approx(np.percentile(doubled, q), abs=1e-14)
-
-
-def dense_reference(features: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """DBSCAN on the dense distance matrix with eps from the doubled list: the definition, unoptimised."""
-    condensed = pdist(features)
-    eps = max(float(np.percentile(np.repeat(condensed, 2), 25)), 1e-5)
-    min_samples = max(2, len(features) // 20)
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(squareform(condensed))
-    return labels, eps, min_samples
-
-
-@pytest.mark.parametrize("dead", [0.1, 0.3, 0.6, 0.9])  # 0.1: below DEAD_FRACTION, the plain path
-@pytest.mark.parametrize("seed", range(4))
-def test_sparse_graph_clustering_matches_dense_dbscan(seed: int, dead: float) -> None:
-    rng = np.random.default_rng(seed)
-    r = int(rng.integers(30, 400))
-    centres = rng.normal(scale=6.0, size=(int(rng.integers(1, 5)), 9))
-    features = centres[rng.integers(0, len(centres), r)] + rng.normal(size=(r, 9)) * rng.uniform(0.3, 3.0)
-    features[r // 10: r // 10 + 3] = rng.normal(size=9) * 1e4  # large duplicated rows
-    features[rng.permutation(r)[: int(dead * r)]] = 0.0  # dead channels, scattered: duplicates at distance 0
-    labels, eps, min_samples = cluster_channels(features)
-    expected, expected_eps, expected_min = dense_reference(features)
-    assert eps == pytest.approx(expected_eps, rel=1e-14, abs=1e-300) and min_samples == expected_min
-    np.testing.assert_array_equal(labels, expected)
-    assert len(set(labels.tolist())) > 1  # the case is not trivial: clusters and noise, or several clusters
-
-
-@pytest.mark.parametrize("r", [2, 3, 40])
-def test_all_rows_dead_form_one_cluster(r: int) -> None:
-    labels, eps, _ = cluster_channels(np.zeros((r, 5)))
-    expected, expected_eps, _ = dense_reference(np.zeros((r, 5)))
-    assert eps == expected_eps == 1e-5
-    np.testing.assert_array_equal(labels, expected)
-    assert (labels == 0).all()
+# The clustering itself is tested against scikit-learn in test_channel_clustering.py
 
 
 def test_batch_runs_in_parallel_and_matches_one_by_one() -> None:

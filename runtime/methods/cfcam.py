@@ -4,7 +4,8 @@ Per image, with A, G ``[C,h,w]`` and F = A flattened to ``[C, Z]``:
 
 1. n_c = ‖F_c‖₂, τ = 75th percentile of n (numpy linear interpolation); dominant D = {c : n_c ≥ τ},
    the rest R is clustered.
-2. DBSCAN (Euclidean distances from pdist, run on the sparse eps-neighbourhood graph) with
+2. DBSCAN (Euclidean distances as pdist computes them; scikit-learn's partition, computed by
+   :mod:`onnxcam.runtime.channel_clustering` from a Gram matrix and connected components) with
    eps = max(25th percentile of the off-diagonal entries of the full symmetric distance matrix, each
    unordered pair counted twice, 1e-5) and min_samples = max(2, ⌊0.05·|R|⌋). Label −1 is noise.
 3. Weights: w_c = mean_ij G_c for c ∈ D; for cluster k with members S_k, M_k = mean_{c∈S_k} G_c and every
@@ -32,11 +33,10 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal, sparse
-from scipy.spatial.distance import pdist, squareform
-from sklearn.cluster import DBSCAN
+from scipy import ndimage, signal
 from threadpoolctl import threadpool_limits
 
+from ..channel_clustering import dbscan_partition
 from ..errors import OnnxcamError
 from .base import check_pair, register
 
@@ -55,14 +55,9 @@ DEFAULTS: dict[str, object] = {
 AUTHORS: dict[str, object] = {"filter": "bilateral", "weighting": "softmax", "drop_noise": True}
 OPTIONS: tuple[str, ...] = tuple(DEFAULTS)
 
-EPS_FLOOR = 1e-5
-# Below this many channels an image takes a few ms, mostly Python-level work that holds the GIL, and threads
-# were slower than one loop (measured: 512 channels 7x7, batch 8: 4.6 ms/img threaded, 3.8 sequential;
-# 2048 channels: 29 threaded, 41 sequential, on 2 cores).
+# Below this many channels an image takes about a millisecond, much of it Python-level work that holds the GIL,
+# and one loop beats the thread pool (measured below).
 PARALLEL_MIN_CHANNELS = 1024
-# From R / DEAD_FRACTION all-zero channels on, they are clustered as one weighted channel (same labels, fewer
-# pairs); below that the saving does not pay for sklearn's per-row weight sums.
-DEAD_FRACTION = 8
 BILATERAL_SIGMA_SPATIAL = 5.0
 BILATERAL_SIGMA_RANGE = 0.1
 
@@ -186,97 +181,37 @@ def filter_gradient(m: np.ndarray, settings: CFCAMSettings) -> np.ndarray:
     return np.asarray(m, dtype=np.float64)
 
 
-def percentile_of_pairs(condensed: np.ndarray, q: float = 25.0, zeros: int = 0) -> float:
-    """The q-th percentile (numpy's linear method) of the pair distances ``condensed`` plus ``zeros`` more
-    pairs at distance 0, each pair counted twice (the off-diagonal entries of the symmetric matrix):
-    ``np.percentile(np.repeat(np.r_[condensed, np.zeros(zeros)], 2), q)`` in O(M), without the copies.
-    In the doubled sorted list v, v[k] = s[⌊k/2⌋] for the sorted single list s."""
-    m = len(condensed) + zeros
-    position = q / 100.0 * (2 * m - 1)
-    lo = int(np.floor(position))
-    frac = position - lo
-    first, second = lo // 2, min(lo + 1, 2 * m - 1) // 2
-    if second < zeros:
-        return 0.0
-    if first < zeros:  # first is the last zero, second the smallest distance
-        a, b = 0.0, float(condensed.min())
-    else:
-        part = np.partition(condensed, first - zeros)
-        a = part[first - zeros]
-        b = a if second == first else part[first - zeros + 1:].min()
-    return float(a + (b - a) * frac) if frac < 0.5 else float(b - (b - a) * (1.0 - frac))
-
-
-def neighbourhood_graph(within: np.ndarray, r: int) -> sparse.csr_matrix:
-    """The ε-neighbourhood graph of r points as a sparse CSR matrix, from the condensed boolean
-    ``within`` = (d_ij ≤ eps, i < j). Stored entries (explicit zeros, each point its own neighbour) are the
-    neighbours; DBSCAN with ``metric="precomputed"`` and any eps > 0 treats every stored entry as within eps,
-    so it gives the same labels as on the dense distance matrix while visiting only the neighbours."""
-    square = squareform(within, checks=False)
-    np.fill_diagonal(square, True)
-    counts = np.count_nonzero(square, axis=1)
-    indptr = np.zeros(r + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    # int32 indices and float32 data: half the bytes for sklearn's internal copies (measured 2x faster).
-    index_type = np.int32 if indptr[-1] < np.iinfo(np.int32).max else np.int64
-    indices = (np.flatnonzero(square) % r).astype(index_type)
-    return sparse.csr_matrix((np.zeros(len(indices), np.float32), indices, indptr.astype(index_type)), shape=(r, r))
-
-
 def cluster_channels(features: np.ndarray) -> tuple[np.ndarray, float | None, int | None]:
-    """DBSCAN labels for the rows of ``features`` [R, Z], with eps and min_samples as in step 2.
-
-    eps = max(25th percentile (linear) of the R(R−1) off-diagonal distances, 1e-5) (see
-    :func:`percentile_of_pairs`); min_samples = max(2, ⌊R/20⌋). Distances come from scipy's ``pdist`` (no
-    R×R×Z array); DBSCAN runs on the sparse ε-neighbourhood graph (:func:`neighbourhood_graph`), which gives
-    the labels of the dense matrix. R < 2: no clustering, every row is noise, eps = min_samples = None.
-    Many all-zero rows (dead ReLU channels) are clustered as one weighted row (:func:`_cluster_dead_as_one`).
-    """
-    r = features.shape[0]
-    if r < 2:
-        return np.full(r, -1, dtype=np.int64), None, None
-    min_samples = max(2, r // 20)
-    dead = ~features.any(axis=1)
-    if dead.sum() >= max(2, r // DEAD_FRACTION):
-        return _cluster_dead_as_one(features, dead, min_samples)
-    condensed = pdist(features, metric="euclidean")
-    eps = max(percentile_of_pairs(condensed, 25.0), EPS_FLOOR)
-    graph = neighbourhood_graph(condensed <= eps, r)
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
-    return labels.astype(np.int64), eps, min_samples
+    """DBSCAN labels for the rows of ``features`` [R, Z], with eps and min_samples as in step 2:
+    :func:`onnxcam.runtime.channel_clustering.dbscan_partition` (scikit-learn's partition and numbering,
+    from a float32 Gram matrix with the pairs near eps and near the percentile recomputed as pdist does).
+    R < 2: no clustering, every row is noise, eps = min_samples = None."""
+    return dbscan_partition(features)
 
 
-def _cluster_dead_as_one(features: np.ndarray, dead: np.ndarray, min_samples: int,
-                         ) -> tuple[np.ndarray, float, int]:
-    """:func:`cluster_channels` with the z all-zero rows replaced by the first of them, weighted z.
+def gaussian_mass(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """s = filterᵀ(1) for the zero-border gaussian: mean_ij gaussian(M) = ⟨M, s⟩ / hw for every map M.
+    The kernel is symmetric, so its adjoint is itself: s = gaussian_filter(ones, σ, mode="constant")."""
+    return ndimage.gaussian_filter(np.ones(shape), sigma=sigma, mode="constant")
 
-    Exact: copies of a row have the same neighbours, so DBSCAN gives them one label, and a weight of z
-    counts them as z neighbours (sklearn's ``sample_weight``); the first copy keeps the rows' order, hence
-    the cluster ids. The pair list for eps is rebuilt from the reduced one: z(z−1)/2 zeros, and each
-    distance from the zero row to a live row z times. (The real EfficientNet-Lite0 has 822 of 1280
-    channels dead at its head on a cat photo: the DBSCAN input shrinks from 960 to 139 rows.)
-    """
-    r, z = len(features), int(dead.sum())
-    first_dead = int(np.argmax(dead))
-    kept = np.flatnonzero(~dead | (np.arange(r) == first_dead))
-    n, p = len(kept), int(np.searchsorted(kept, first_dead))
-    condensed = pdist(features[kept], metric="euclidean")
-    # distances from kept row p (the zero row) to the others, read out of the condensed list
-    before = np.arange(p)
-    row_start = n * p - p * (p + 1) // 2
-    to_zero = np.concatenate([condensed[n * before - before * (before + 1) // 2 + (p - before - 1)],
-                              condensed[row_start:row_start + n - p - 1]])
-    pairs = np.concatenate([condensed, np.repeat(to_zero, z - 1)])
-    eps = max(percentile_of_pairs(pairs, 25.0, zeros=z * (z - 1) // 2), EPS_FLOOR)
-    weights = np.ones(n)
-    weights[p] = z
-    graph = neighbourhood_graph(condensed <= eps, n)
-    db = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed")
-    kept_labels = db.fit_predict(graph, sample_weight=weights)
-    labels = np.empty(r, dtype=np.int64)
-    labels[kept] = kept_labels
-    labels[dead] = kept_labels[p]
-    return labels, eps, min_samples
+
+def cluster_weights(gradients: np.ndarray, labels: np.ndarray, num_clusters: int, settings: CFCAMSettings,
+                    ) -> np.ndarray:
+    """w_k = mean_ij filter(M_k) for each cluster k, M_k = mean of its members' gradients ``[C,h,w]``.
+    The gaussian and no filter are linear, so w_k = mean over members of ⟨G_c, s⟩/hw (s: :func:`gaussian_mass`,
+    or ones): one product for all clusters. The bilateral filter depends on M_k: one call per cluster."""
+    members = labels >= 0
+    if num_clusters == 0:
+        return np.zeros(0)
+    counts = np.bincount(labels[members], minlength=num_clusters)
+    if settings.filter == "bilateral":
+        sums = np.zeros((num_clusters, *gradients.shape[1:]))
+        np.add.at(sums, labels[members], gradients[members])
+        return np.array([filter_gradient(sums[k] / counts[k], settings).mean() for k in range(num_clusters)])
+    h, w = gradients.shape[1:]
+    mass = gaussian_mass((h, w), settings.sigma) if settings.filter == "gaussian" else np.ones((h, w))
+    per_channel = gradients[members].reshape(-1, h * w) @ mass.ravel() / (h * w)
+    return np.bincount(labels[members], weights=per_channel, minlength=num_clusters) / counts
 
 
 def cfcam_details(
@@ -315,9 +250,8 @@ def cfcam_details(
     weights = np.zeros(c, dtype=np.float64)
     own = dominant | (noise & (not settings.drop_noise))
     weights[own] = g[own].mean(axis=(1, 2))
-    for k in range(num_clusters):
-        members = labels == k
-        weights[members] = filter_gradient(g[members].mean(axis=0), settings).mean()
+    clustered = labels >= 0
+    weights[clustered] = cluster_weights(g, labels, num_clusters, settings)[labels[clustered]]
 
     valid = ~noise if settings.drop_noise else np.ones(c, dtype=bool)
     alphas = np.zeros(c, dtype=np.float64)
@@ -359,12 +293,14 @@ def cfcam(activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.
     a, g = check_pair(activations, gradients)
     out = np.zeros((a.shape[0], a.shape[2], a.shape[3]), dtype=np.float32)
     workers = min(len(a), os.cpu_count() or 1)
-    if workers <= 1 or a.shape[1] < PARALLEL_MIN_CHANNELS:
-        for i in range(a.shape[0]):
-            out[i] = cfcam_details(a[i], g[i], **options).cam
-        return out
-    # pdist, the partition and most of DBSCAN release the GIL: one image per core, BLAS single-threaded inside.
-    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, details in enumerate(pool.map(lambda j: cfcam_details(a[j], g[j], **options), range(len(a)))):
-            out[i] = details.cam
+    # BLAS single-threaded: its threads cost more than they save on one image's small products.
+    with threadpool_limits(limits=1):
+        if workers <= 1 or a.shape[1] < PARALLEL_MIN_CHANNELS:
+            for i in range(a.shape[0]):
+                out[i] = cfcam_details(a[i], g[i], **options).cam
+            return out
+        # the Gram product, the comparisons and the partition release the GIL: one image per core.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for i, details in enumerate(pool.map(lambda j: cfcam_details(a[j], g[j], **options), range(len(a)))):
+                out[i] = details.cam
     return out
