@@ -83,6 +83,18 @@ class GraphBuilder:
             return self.op(op_type, x, self.ints(list(axes)), keepdims=int(keepdims))
         return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
 
+    def subgraph(self) -> GraphBuilder:
+        """A builder for a Loop or If body: a node list of its own; names, constants and memo shared with this
+        builder (its constants are the main graph's initializers, which a body sees as outer-scope values)."""
+        sub = GraphBuilder(self.prefix, self.opset)
+        sub.initializers, sub._count, sub._consts, sub._memo = self.initializers, self._count, self._consts, self._memo
+        return sub
+
+    def graph(self, name: str, inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto],
+              ) -> onnx.GraphProto:
+        """This builder's nodes as a body graph (for Loop's and If's graph attributes)."""
+        return helper.make_graph(self.nodes, self.name(name), list(inputs), list(outputs))
+
     def add_to(self, model: onnx.ModelProto) -> None:
         """Append the collected nodes and initializers to ``model``'s graph."""
         model.graph.node.extend(self.nodes)

@@ -33,12 +33,16 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import helper
 from scipy import ndimage, signal
 from threadpoolctl import threadpool_limits
 
 from ..channel_clustering import dbscan_partition
+from ..channel_clustering_graph import BIG, dbscan_labels_graph
 from ..errors import OnnxcamError
-from .base import check_pair, register
+from ..graph_builder import GraphBuilder
+from .base import as_float64, check_pair, graph_form, register
 
 FILTERS: tuple[str, ...] = ("gaussian", "bilateral", "none")
 WEIGHTINGS: tuple[str, ...] = ("softmax", "linear")
@@ -304,3 +308,126 @@ def cfcam(activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.
             for i, details in enumerate(pool.map(lambda j: cfcam_details(a[j], g[j], **options), range(len(a)))):
                 out[i] = details.cam
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph form (onnxcam embed --cam cfcam)
+
+
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """The n×n matrix of scipy's zero-border 1-D gaussian (radius ⌊4σ + 0.5⌋, normalised taps):
+    gaussian_filter(M, σ, mode="constant") = G_h · M · G_wᵀ."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    offset = np.arange(n)[None, :] - np.arange(n)[:, None]  # p − y
+    return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
+
+
+def window_matrix(n: int) -> np.ndarray:
+    """B with B[i, p] = 1 when p − i + ⌊(n − 1)/2⌋ ∈ [0, n): the box sums S = B_h · M · B_wᵀ of the bilateral
+    filter's zero-padded map (S_ij = Σ_yx P[y + i, x + j]), so that mean(bilateral(M)) = Σ_ij K_ij S_ij / hw."""
+    shift = np.arange(n)[None, :] - np.arange(n)[:, None] + (n - 1) // 2
+    return ((shift >= 0) & (shift < n)).astype(np.float64)
+
+
+def _filtered_means_graph(b: GraphBuilder, means: str, shape: tuple[int, int], settings: CFCAMSettings) -> str:
+    """w_k = mean_ij filter(M_k) for cluster means ``[K, h·w]`` (float64) → ``[K]``: the gaussian as two banded
+    matrix products (the zero-border separable filter; float64, which ONNX Runtime's CPU Conv lacks), the
+    bilateral filter through its box sums (:func:`window_matrix`), or the plain mean."""
+    h, w = shape
+    if settings.filter == "none":
+        return b.reduce("ReduceMean", means, [1], keepdims=False)
+    maps = b.op("Reshape", means, b.ints([-1, h, w]))
+    if settings.filter == "gaussian":
+        rows = b.const(gaussian_matrix(h, settings.sigma), np.float64)
+        cols = b.const(gaussian_matrix(w, settings.sigma).T, np.float64)
+        return b.reduce("ReduceMean", b.op("MatMul", b.op("MatMul", rows, maps), cols), [1, 2], keepdims=False)
+    i = np.arange(h, dtype=np.float64)[:, None] - h / 2
+    j = np.arange(w, dtype=np.float64)[None, :] - w / 2
+    spatial = b.const(np.exp(-(i**2 + j**2) / (2.0 * BILATERAL_SIGMA_SPATIAL**2)), np.float64)
+    centred = b.op("Sub", maps, b.reduce("ReduceMean", maps, [1, 2]))
+    value = b.op("Exp", b.op("Mul", b.op("Mul", centred, centred),
+                             b.const(-1.0 / (2.0 * BILATERAL_SIGMA_RANGE**2), np.float64)))
+    kernel = b.op("Mul", spatial, value)
+    kernel = b.op("Div", kernel, b.op("Add", b.reduce("ReduceSum", kernel, [1, 2]), b.const(1e-6, np.float64)))
+    boxes = b.op("MatMul", b.op("MatMul", b.const(window_matrix(h), np.float64), maps),
+                 b.const(window_matrix(w).T, np.float64))
+    return b.op("Div", b.reduce("ReduceSum", b.op("Mul", kernel, boxes), [1, 2], keepdims=False),
+                b.const(float(h * w), np.float64))
+
+
+def _image_graph(b: GraphBuilder, a: str, g: str, shape: tuple[int, int, int], settings: CFCAMSettings) -> str:
+    """One image's raw CF-CAM map ``[h,w]`` (float32) from its A, G ``[C,h,w]`` (float64): steps 1–4."""
+    c, h, w = shape
+    f = b.op("Reshape", a, b.ints([c, h * w]))
+    grads = b.op("Reshape", g, b.ints([c, h * w]))
+    norms = b.op("Sqrt", b.reduce("ReduceSumSquare", f, [1], keepdims=False))
+    ascending = b.op("TopK", norms, b.ints([c]), outputs=2, largest=0, sorted=1)[0]
+    position = 0.75 * (c - 1)  # np.percentile(norms, 75), linear
+    lo = int(np.floor(position))
+    first, second = (b.op("Gather", ascending, b.const(k, np.int64)) for k in (lo, min(lo + 1, c - 1)))
+    diff, frac = b.op("Sub", second, first), position - lo
+    tau = (b.op("Add", first, b.op("Mul", diff, b.const(frac, np.float64))) if frac < 0.5
+           else b.op("Sub", second, b.op("Mul", diff, b.const(1.0 - frac, np.float64))))
+    dominant = b.op("GreaterOrEqual", norms, tau)
+    rest = b.op("Squeeze", b.op("NonZero", b.op("Not", dominant)), b.ints([0]))  # [R]
+    labels = dbscan_labels_graph(b, b.op("Gather", f, rest, axis=0))  # [R]: cluster's smallest index, or BIG
+    noise = b.op("GreaterOrEqual", labels, b.const(BIG / 2))
+    count = b.op("Shape", rest)
+    position_of = b.op("Cast", b.op("Range", b.const(0, np.int64), b.op("Squeeze", count, b.ints([0])),
+                                    b.const(1, np.int64)), to=onnx.TensorProto.FLOAT)
+    roots = b.op("Cast", b.op("Equal", labels, position_of), to=onnx.TensorProto.INT64)
+    numbers = b.op("Sub", b.op("CumSum", roots, b.const(0, np.int64)), b.const(1, np.int64))  # cluster k at its root
+    clusters = b.reduce("ReduceSum", roots, [0])  # K, [1]
+    pointer = b.op("Cast", b.op("Where", noise, b.const(0.0), labels), to=onnx.TensorProto.INT64)
+    cluster = b.op("Where", noise, b.const(-1, np.int64), b.op("Gather", numbers, pointer))  # [R]
+    slots = b.op("Range", b.const(0, np.int64), b.op("Squeeze", clusters, b.ints([0])), b.const(1, np.int64))
+    one_hot = b.op("Cast", b.op("Equal", b.op("Unsqueeze", cluster, b.ints([1])),
+                                b.op("Unsqueeze", slots, b.ints([0]))), to=onnx.TensorProto.DOUBLE)  # [R, K]
+    sizes = b.reduce("ReduceSum", one_hot, [0])  # [1, K]
+    means = b.op("Div", b.op("MatMul", b.op("Transpose", one_hot, perm=[1, 0]), b.op("Gather", grads, rest, axis=0)),
+                 b.op("Transpose", sizes, perm=[1, 0]))  # [K, Z]
+    per_cluster = _filtered_means_graph(b, means, (h, w), settings)  # [K]
+    on_rest = b.op("MatMul", one_hot, b.op("Unsqueeze", per_cluster, b.ints([1])))  # [R, 1]
+    own = b.reduce("ReduceMean", grads, [1], keepdims=False)  # [C]
+    zeros = b.const(np.zeros(c), np.float64)
+    weights = b.op("Add", b.op("ScatterElements", zeros, rest, b.op("Squeeze", on_rest, b.ints([1])), axis=0),
+                   b.op("Where", dominant, own, zeros))
+    noisy = b.op("ScatterElements", zeros, rest, b.op("Cast", noise, to=onnx.TensorProto.DOUBLE), axis=0)  # [C]
+    if settings.drop_noise:
+        valid = b.op("Sub", b.const(1.0, np.float64), noisy)
+    else:
+        weights = b.op("Add", weights, b.op("Mul", noisy, own))
+        valid = b.const(np.ones(c), np.float64)
+    if settings.weighting == "softmax":
+        peak = b.reduce("ReduceMax", b.op("Where", b.op("Greater", valid, zeros), weights,
+                                          b.const(-np.inf, np.float64)), [0])
+        exps = b.op("Mul", b.op("Exp", b.op("Sub", weights, peak)), valid)
+        alphas = b.op("Div", exps, b.reduce("ReduceSum", exps, [0]))
+    else:
+        alphas = b.op("Mul", weights, valid)
+    cam = b.op("Relu", b.op("MatMul", b.op("Unsqueeze", alphas, b.ints([0])), f))  # [1, Z]
+    return b.op("Cast", b.op("Reshape", cam, b.ints([h, w])), to=onnx.TensorProto.FLOAT)
+
+
+@graph_form("cfcam")
+def cfcam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
+                filter: str | None = None, sigma: float | None = None, weighting: str | None = None,
+                drop_noise: bool | None = None, mode: str = "onnxcam") -> str:
+    """:func:`cfcam` as ONNX nodes: a Loop over the images of the batch, each computing steps 1–4 in float64
+    (the clustering: :func:`onnxcam.runtime.channel_clustering_graph.dbscan_labels_graph`)."""
+    settings = resolve_options(filter=filter, sigma=sigma, weighting=weighting, drop_noise=drop_noise, mode=mode)
+    a64, g64 = as_float64(b, activations, gradients)
+    body = b.subgraph()
+    iteration, condition = body.name("image"), body.name("cond")
+    cam = _image_graph(body, body.op("Gather", a64, iteration, axis=0), body.op("Gather", g64, iteration, axis=0),
+                       shape, settings)
+    keep_going = body.op("Identity", condition)
+    graph = body.graph("cfcam_image",
+                       [helper.make_tensor_value_info(iteration, onnx.TensorProto.INT64, []),
+                        helper.make_tensor_value_info(condition, onnx.TensorProto.BOOL, [])],
+                       [helper.make_tensor_value_info(keep_going, onnx.TensorProto.BOOL, []),
+                        helper.make_tensor_value_info(cam, onnx.TensorProto.FLOAT, [shape[1], shape[2]])])
+    images = b.op("Gather", b.op("Shape", activations), b.const(0, np.int64))
+    return b.op("Loop", images, b.const(True, np.bool_), body=graph)
