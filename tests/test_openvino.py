@@ -248,7 +248,7 @@ def test_square_linear_layers(tmp_path):
 
 # --- embedded CAMs -----------------------------------------------------------------------------------------------
 
-CAMS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "normgrad", "eigencam", "eigengradcam"]
+CAMS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "normgrad", "eigencam", "eigengradcam", "cfcam"]
 ALPHA = 0.5
 
 

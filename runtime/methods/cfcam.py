@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from numbers import Real
 from typing import Any
 
@@ -38,7 +39,7 @@ from onnx import helper
 from scipy import ndimage, signal
 from threadpoolctl import threadpool_limits
 
-from ..channel_clustering import dbscan_partition
+from ..channel_clustering import dbscan_partition, percentile
 from ..channel_clustering_graph import BIG, dbscan_labels_graph
 from ..errors import OnnxcamError
 from ..graph_builder import GraphBuilder
@@ -193,10 +194,13 @@ def cluster_channels(features: np.ndarray) -> tuple[np.ndarray, float | None, in
     return dbscan_partition(features)
 
 
+@lru_cache(maxsize=16)
 def gaussian_mass(shape: tuple[int, int], sigma: float) -> np.ndarray:
     """s = filterᵀ(1) for the zero-border gaussian: mean_ij gaussian(M) = ⟨M, s⟩ / hw for every map M.
     The kernel is symmetric, so its adjoint is itself: s = gaussian_filter(ones, σ, mode="constant")."""
-    return ndimage.gaussian_filter(np.ones(shape), sigma=sigma, mode="constant")
+    mass = ndimage.gaussian_filter(np.ones(shape), sigma=sigma, mode="constant")
+    mass.flags.writeable = False
+    return mass
 
 
 def cluster_weights(gradients: np.ndarray, labels: np.ndarray, num_clusters: int, settings: CFCAMSettings,
@@ -241,7 +245,7 @@ def cfcam_details(
     features = a.reshape(c, -1)
 
     norms = np.linalg.norm(features, axis=1)
-    tau = float(np.percentile(norms, 75))
+    tau = percentile(norms, 75.0)
     dominant = norms >= tau
     rest = np.flatnonzero(~dominant)
 
