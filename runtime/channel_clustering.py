@@ -31,16 +31,29 @@ PERCENTILE = 25.0
 UNIT = 2.0**-24
 #: Pairs whose squared distances bracket the percentile (above 4× this many pairs; below, all pairs are kept).
 SAMPLE = 1 << 12
+#: Below this many rows besides the all-zero ones (when there are two or more), those rows plus one zero row
+#: are clustered with pdist directly (:func:`_dead_as_one`).
+DEAD_AS_ONE_MAX = 512
+#: Pairs per exact-distance chunk (a chunk of Z = 49 float64 differences: 6 MB).
+CHUNK = 1 << 14
 #: Entries of D per block of rows (1 MB of float32: the block stays in cache between its passes).
 BLOCK_ENTRIES = 1 << 18
 
 
 def pair_distances(features: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """pdist's Euclidean distance of each pair (rows[k], cols[k]) of ``features`` (float64 [R, Z]):
-    √(Σ_z (x_z − y_z)²) summed in coordinate order, as scipy sums, hence bit-identical to ``pdist``."""
-    diff = features[rows] - features[cols]
-    np.multiply(diff, diff, out=diff)
-    return np.sqrt(np.cumsum(diff, axis=1)[:, -1])
+    √(Σ_z (x_z − y_z)²) summed in coordinate order, as scipy sums, hence bit-identical to ``pdist``.
+    Pairs of two all-zero rows (dead ReLU channels, often most of a layer) are 0 without arithmetic; the
+    others are computed :data:`CHUNK` pairs at a time, so memory stays bounded whatever the number of pairs."""
+    out = np.zeros(len(rows))
+    dead = ~features.any(axis=1)
+    todo = np.flatnonzero(~(dead[rows] & dead[cols]))
+    for start in range(0, len(todo), CHUNK):
+        part = todo[start:start + CHUNK]
+        diff = features[rows[part]] - features[cols[part]]
+        np.multiply(diff, diff, out=diff)
+        out[part] = np.sqrt(np.cumsum(diff, axis=1)[:, -1])
+    return out
 
 
 def error_bound(centred: np.ndarray) -> float:
@@ -233,13 +246,17 @@ def neighbourhoods(features: np.ndarray, scan: PairScan, bound: float, eps: floa
     return adjacency
 
 
-def components(adjacency: np.ndarray, min_samples: int) -> np.ndarray:
+def components(adjacency: np.ndarray, min_samples: int, weights: np.ndarray | None = None) -> np.ndarray:
     """DBSCAN's labels from the eps-graph (symmetric bool [R, R], True diagonal): core points have at least
-    ``min_samples`` neighbours; clusters are the connected components of the core points, found by
-    breadth-first search from the smallest unvisited core index (so numbered as scikit-learn numbers them),
-    each level one OR over the rows of its frontier; a border point joins the first cluster it touches."""
+    ``min_samples`` neighbours (each counted ``weights[j]`` times, 1 by default); clusters are the connected
+    components of the core points, found by breadth-first search from the smallest unvisited core index (so
+    numbered as scikit-learn numbers them), each level one OR over the rows of its frontier; a border point
+    joins the first cluster it touches."""
     r = len(adjacency)
-    core = adjacency.view(np.uint8).sum(axis=1, dtype=np.int64) >= min_samples
+    if weights is None:
+        core = adjacency.view(np.uint8).sum(axis=1, dtype=np.int64) >= min_samples
+    else:
+        core = adjacency.astype(np.float64) @ weights >= min_samples
     labels = np.full(r, -1, dtype=np.int64)
     unvisited = core.copy()
     clusters = []
@@ -273,6 +290,9 @@ def dbscan_partition(features: np.ndarray) -> tuple[np.ndarray, float | None, in
     if r < 2:
         return np.full(r, -1, dtype=np.int64), None, None
     min_samples = max(2, r // 20)
+    dead = ~features.any(axis=1)
+    if dead.sum() >= 2 and r - dead.sum() < DEAD_AS_ONE_MAX:
+        return _dead_as_one(features, dead, min_samples)
     centred = features - features.mean(axis=0)
     bound = error_bound(centred)
     k1, k2, _ = _order_positions(r, PERCENTILE)
@@ -286,6 +306,38 @@ def dbscan_partition(features: np.ndarray) -> tuple[np.ndarray, float | None, in
                           _up(max(percentile, EPS_FLOOR) ** 2 + bound))
     eps = max(percentile, EPS_FLOOR)
     return components(neighbourhoods(features, scan, bound, eps), min_samples), eps, min_samples
+
+
+def _dead_as_one(features: np.ndarray, dead: np.ndarray, min_samples: int) -> tuple[np.ndarray, float, int]:
+    """:func:`dbscan_partition` when most rows are all zero (dead ReLU channels: 822 of EfficientNet-Lite0's
+    1280 head channels on a photograph): the z zero rows become the first of them with weight z, and the few
+    rows left are clustered with pdist itself.
+
+    Exact: copies of a row have the same neighbours, hence one label, and weight z counts them as z
+    neighbours; the first copy keeps the order of the rows, hence the cluster numbers. The pair list for eps
+    is the reduced one plus each distance to the zero row z − 1 more times and z(z − 1)/2 zeros.
+    """
+    from scipy.spatial.distance import pdist, squareform
+
+    r, z = len(features), int(dead.sum())
+    first = int(np.argmax(dead))
+    kept = np.flatnonzero(~dead | (np.arange(r) == first))
+    p = int(np.searchsorted(kept, first))
+    square = squareform(pdist(features[kept]))
+    k1, k2, frac = _order_positions(r, PERCENTILE)
+    zeros = z * (z - 1) // 2  # the smallest pairs of all: the order statistics past them come from the rest
+    rest = np.concatenate([square[np.triu_indices(len(kept), 1)], np.repeat(np.delete(square[p], p), z - 1)])
+    wanted = [k - zeros for k in (k1, k2) if k >= zeros]
+    part = np.partition(rest, wanted) if wanted else rest
+    first_value, second_value = (float(part[k - zeros]) if k >= zeros else 0.0 for k in (k1, k2))
+    eps = max(lerp(first_value, second_value, frac), EPS_FLOOR)
+    weights = np.ones(len(kept))
+    weights[p] = z
+    kept_labels = components(square <= eps, min_samples, weights)
+    labels = np.empty(r, dtype=np.int64)
+    labels[kept] = kept_labels
+    labels[dead] = kept_labels[p]
+    return labels, eps, min_samples
 
 
 __all__ = ["PairScan", "components", "dbscan_partition", "error_bound", "lerp", "neighbourhoods",

@@ -60,8 +60,9 @@ DEFAULTS: dict[str, object] = {
 AUTHORS: dict[str, object] = {"filter": "bilateral", "weighting": "softmax", "drop_noise": True}
 OPTIONS: tuple[str, ...] = tuple(DEFAULTS)
 
-# Below this many channels an image takes about a millisecond, much of it Python-level work that holds the GIL,
-# and one loop beats the thread pool (measured below).
+# Below this many channels an image takes about two milliseconds, much of it Python-level work that holds the GIL,
+# and one loop beats the thread pool (measured, batch 8 on 2 cores, ms per image, loop vs threads: 512 channels
+# 2.0 vs 2.5; 1280: 5.4 vs 4.7; 2048: 11.1 vs 9.2).
 PARALLEL_MIN_CHANNELS = 1024
 BILATERAL_SIGMA_SPATIAL = 5.0
 BILATERAL_SIGMA_RANGE = 0.1
