@@ -95,7 +95,7 @@ def collect_images(paths: Sequence[str | os.PathLike], *, list_file: str | os.Pa
     if not chosen:
         folders = ", ".join(f"'{r}'" for r in roots) or "the given paths"
         raise OnnxcamError(f"found no image in {folders} (looked for {', '.join(IMAGE_EXTENSIONS[:6])}, …)")
-    return _with_keys(_unique(chosen), roots)
+    return keyed(_unique(chosen), roots)
 
 
 def _unique(paths: Iterable[pathlib.Path]) -> list[pathlib.Path]:
@@ -109,7 +109,8 @@ def _unique(paths: Iterable[pathlib.Path]) -> list[pathlib.Path]:
     return out
 
 
-def _with_keys(paths: list[pathlib.Path], roots: list[pathlib.Path]) -> list[ImageSource]:
+def keyed(paths: Sequence[str | os.PathLike], roots: Sequence[str | os.PathLike] = ()) -> list[ImageSource]:
+    """Sources for ``paths`` with keys relative to the deepest folder holding ``roots`` and every path's folder."""
     absolute = [os.path.abspath(p) for p in paths]
     anchors = [os.path.abspath(r) for r in roots] + [os.path.dirname(a) for a in absolute]
     root = os.path.commonpath(anchors)
