@@ -104,6 +104,10 @@ def explain_sources(model: str | os.PathLike, sources: Sequence[ImageSource], fo
     ray = check_available()
     started = _start(ray, address, workers)
     try:
+        import logging
+
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -115,10 +119,14 @@ def explain_sources(model: str | os.PathLike, sources: Sequence[ImageSource], fo
             data = ray.data.from_items([{"row": i, "path": s.path} for i, s in by_row.items()])
         else:
             wanted = {s.path: i for i, s in by_row.items()}
-            data = dataset.filter(lambda r: r["path"] in wanted).map(lambda r: {**r, "row": wanted[r["path"]]})
-        model_ref = ray.put(pathlib.Path(model).read_bytes())
+            if len(wanted) < len(sources):  # resumed: leave out the images done before
+                dataset = dataset.filter(lambda r: r["path"] in wanted)
+            data = dataset.map(lambda r: {**r, "row": wanted[r["path"]]})
+        # a local Ray reads the file where it is; a cluster gets its bytes through the object store
+        model_ref = str(model) if address is None else ray.put(pathlib.Path(model).read_bytes())
         mapped = data.map_batches(
-            ExplainActor, batch_size=batch_size, batch_format="numpy", concurrency=workers, num_cpus=1,
+            ExplainActor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=1 if device == "cuda" else 0,
             fn_constructor_kwargs={"model": model_ref, "method": method, "class_index": class_index,
                                    "formats": list(formats), "alpha": alpha, "colormap": colormap,
@@ -129,7 +137,7 @@ def explain_sources(model: str | os.PathLike, sources: Sequence[ImageSource], fo
             if row["error"]:
                 record, error = None, folder.fail(source.key, source.path, row["error"])
             else:
-                result = ImageResult(index=int(row["row"]), **json.loads(row["result"]))
+                result = ImageResult(index=int(row["row"]), **{**json.loads(row["result"]), "source": source.path})
                 names = output_names(source.stem, method, formats)
                 record, error = folder.add(source.key, result, {f: row[f] for f in formats}, names), None
             if progress is not None:
