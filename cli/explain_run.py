@@ -40,11 +40,12 @@ def explain_images(*, model: str, paths: tuple[str, ...], list_file: str | None,
 
         check_available()
     options = session_options(threads=threads or None)
-    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options,
-                          **explainer_input)
+    # with Ray the driver only checks the model and the options: the actors run it, on --device
+    explainer = Explainer(model, providers="cpu" if engine == "ray" else device, layer=list(layers) or None,
+                          session_options=options, **explainer_input)
     class_index = None if class_spec is None else explainer.class_index_of(class_spec)
     settings = run_settings(explainer, model, method=method, class_index=class_index, formats=format_list,
-                            alpha=alpha, colormap=colormap, batch_size=batch_size, engine=engine)
+                            alpha=alpha, colormap=colormap, batch_size=batch_size, engine=engine, device=device)
     folder = RunFolder(output, settings, resume=resume)
     already = len([s for s in sources if s.key in folder.done])
     bar = _progress_bar(len(sources), already, quiet)

@@ -175,10 +175,11 @@ def explain_dataset(data: Any, model: str | os.PathLike, *, output: str | os.Pat
         sources = collect_images(paths, exclude=output)
     layers = [layer] if isinstance(layer, str) else layer
     explainer_input = {"input_size": input_size, "input_layout": input_layout, "preprocessing": preprocessing}
-    explainer = Explainer(model, providers=device, layer=layers, **explainer_input)
+    explainer = Explainer(model, providers="cpu", layer=layers, **explainer_input)  # checks; the actors run it
     index = None if class_index is None else explainer.class_index_of(class_index)
     settings = run_settings(explainer, model, method=method, class_index=index, formats=format_list, alpha=alpha,
-                            colormap=colormap, method_options=method_options, batch_size=batch_size, engine="ray")
+                            colormap=colormap, method_options=method_options, batch_size=batch_size, engine="ray",
+                            device=device)
     folder = RunFolder(output, settings, resume=resume)
     status = "stopped"
     try:

@@ -20,13 +20,14 @@ Progress = Callable[[ImageSource, "dict[str, Any] | None", "dict[str, Any] | Non
 
 def run_settings(explainer: Explainer, model: str | os.PathLike, *, method: str, class_index: int | None,
                  formats: Sequence[str], alpha: float, colormap: str, method_options: dict[str, Any] | None = None,
-                 batch_size: int = 16, engine: str = "local") -> dict[str, Any]:
+                 batch_size: int = 16, engine: str = "local", device: str = "auto") -> dict[str, Any]:
     """What ``summary.json`` records about a run (and what ``--resume`` checks)."""
     from .records import file_sha256
     from .version import __version__
 
+    providers = explainer.providers if engine == "local" else None  # Ray: each actor's, from ``device``
     return {"onnxcam_version": __version__, "model": str(model), "model_sha256": file_sha256(model),
-            "providers": explainer.providers, "layer": explainer.layer, "method": method,
+            "device": device, "providers": providers, "layer": explainer.layer, "method": method,
             "method_options": dict(method_options or {}), "class": class_index, "formats": list(formats),
             "alpha": alpha, "colormap": colormap, "batch_size": batch_size, "engine": engine,
             "input_size": list(explainer.input_shape), "input_layout": explainer.metadata.input_layout or "NCHW",
