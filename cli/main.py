@@ -5,7 +5,6 @@ Only ``export`` imports torch, and only when it runs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -50,77 +49,51 @@ def _method_help() -> str:
 
 @main.command()
 @click.argument("model", type=str)
-@click.argument("images", nargs=-1, required=True, type=str)
+@click.argument("paths", nargs=-1, type=str)
+@click.option("--list", "list_file", default=None, help="A text file with one image path per line.")
 @click.option("-o", "--output", "output", default="onnxcam-out", show_default=True, help="Folder for the results.")
 @click.option("--method", default="cfcam", show_default=True, help=_method_help())
 @click.option("--class", "class_spec", default=None, help="Class to explain: index or label name (default: predicted).")
+@click.option("--format", "formats", default="overlay,npy", show_default=True,
+              help="Files per image, comma-separated: overlay (PNG), npy (the map), png16 (the map as 16-bit PNG); "
+                   "none: manifest only.")
+@click.option("--resume", is_flag=True, help="Finish an earlier run in the output folder: skip the images it did.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no line per image.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--layer", "layers", multiple=True,
               help="Target layer: tensor or torch module name; repeat to fuse several layers' maps.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per ORT run.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
+              help="Decode threads (local engine; 0: one per core, at most 4), or Ray actors (--engine ray; 0: 2).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data actors (pip install onnxcam[ray]).")
+@click.option("--address", default=None, help="With --engine ray: the Ray cluster to join (default: a local Ray).")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
               help="ONNX Runtime intra-op threads (0: one per physical core).")
 @input_options
 @preprocessing_options
-def explain(model: str, images: tuple[str, ...], output: str, method: str, class_spec: str | None, device: str,
-            layers: tuple[str, ...], batch_size: int, alpha: float, colormap: str, threads: int,
-            **input_and_preprocessing: Any) -> None:
-    """Explain MODEL's decision on each IMAGE: writes <stem>.<method>.png (overlay), <stem>.<method>.npy (the
-    map, [H,W] float32 in [0,1]) and manifest.json into the output folder."""
-    from onnxcam.runtime import Explainer
-    from onnxcam.runtime.methods import get_method
-    from onnxcam.runtime.preprocess import load_image
-    from onnxcam.runtime.render import heatmap, overlay, upscale
-    from onnxcam.runtime.session import session_options
+@click.pass_context
+def explain(ctx: click.Context, model: str, paths: tuple[str, ...], list_file: str | None, output: str, method: str,
+            class_spec: str | None, formats: str, resume: bool, quiet: bool, device: str, layers: tuple[str, ...],
+            batch_size: int, workers: int, engine: str, address: str | None, alpha: float, colormap: str,
+            threads: int, **input_and_preprocessing: Any) -> None:
+    """Explain MODEL's decision on each image of PATHS (image files, folders, searched recursively, or globs).
 
-    get_method(method)
-    heatmap(np.zeros((1, 1), np.float32), colormap)  # validates the colormap before any work
-    for path in images:
-        load_image(path)  # every image is checked before the model is loaded
-    options = session_options(threads=threads or None)
-    explainer = Explainer(model, providers=device, layer=list(layers) or None, session_options=options,
-                          **_explainer_input(input_and_preprocessing))
-    class_index = None if class_spec is None else explainer.class_index_of(class_spec)
-    writer = OutputWriter(pathlib.Path(output))
-    records = []
-    for start in range(0, len(images), batch_size):
-        chunk = list(images[start:start + batch_size])
-        result = explainer.explain(chunk, method=method, class_index=class_index)
-        for i, path in enumerate(chunk):
-            stem = writer.unique_stem(pathlib.Path(path).stem)
-            idx = int(result.class_index[i])
-            name = result.labels[i] if result.labels else str(idx)
-            prob = float(result.scores[i])
-            top = int(result.probabilities[i].argmax())
-            top_name = explainer.labels[top] if explainer.labels else str(top)
-            writer.add(f"{stem}.{method}.png",
-                       upscale(overlay(result.images[i], result.cams[i], alpha=alpha, colormap=colormap)))
-            writer.add(f"{stem}.{method}.npy", result.cams[i])
-            records.append({"image": path, "class_index": idx, "class_name": name, "probability": prob,
-                            "top_class_index": top, "top_class_name": top_name,
-                            "top_probability": float(result.probabilities[i, top]),
-                            "overlay": f"{stem}.{method}.png", "map": f"{stem}.{method}.npy"})
-            shown = f"explaining {name}" if idx != top else ""
-            click.echo(f"{path}: {top_name} ({result.probabilities[i, top]:.1%}) {shown}".rstrip())
-    manifest = {
-        "onnxcam_version": __version__,
-        "model": str(model),
-        "model_sha256": hashlib.sha256(pathlib.Path(model).read_bytes()).hexdigest(),
-        "providers": explainer.providers,
-        "layer": explainer.layer,
-        "method": method,
-        "options": {"alpha": alpha, "colormap": colormap},
-        "input_size": list(explainer.input_shape),
-        "input_layout": explainer.metadata.input_layout or "NCHW",
-        "preprocessing": explainer.preprocessing,
-        "preprocessing_source": explainer.preprocessing_source,
-        "images": records,
-    }
-    writer.add("manifest.json", manifest)
-    writer.commit()
-    click.echo(f"wrote {len(records)} overlays, maps and manifest.json to {writer.folder}")
+    Writes per image, as soon as it is done, <name>.<method>.png (overlay) and <name>.<method>.npy (the map,
+    [H,W] float32 in [0,1]), keeping the images' folder structure, plus manifest.jsonl (one line per image),
+    errors.jsonl (images that could not be read) and summary.json. Exit codes: 0 all explained; 1 an error
+    before any work; 3 some images could not be explained; 130 interrupted (finish with --resume)."""
+    from .explain_run import explain_images
+
+    code = explain_images(model=model, paths=paths, list_file=list_file, output=output, method=method,
+                          class_spec=class_spec, device=device, layers=layers, batch_size=batch_size, alpha=alpha,
+                          colormap=colormap, threads=threads, formats=formats, resume=resume, quiet=quiet,
+                          workers=workers, engine=engine, address=address,
+                          explainer_input=_explainer_input(input_and_preprocessing))
+    if code:
+        ctx.exit(code)
 
 
 @main.command()

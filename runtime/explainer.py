@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -26,6 +26,9 @@ from .methods import check_options, finalise, get_method, with_defaults
 from .methods.context import CAMContext
 from .preprocess import as_rgb, check_preprocessing, load_image, model_view, normalise
 from .session import create_session, run
+
+if TYPE_CHECKING:
+    from .stream import ImageResult
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 ImageInput = str | os.PathLike | np.ndarray
@@ -273,7 +276,28 @@ class Explainer:
         check_options(spec, method_options)
         from_graph = self.embedded_output(method, method_options) if embedded else None
         batch, views = self.preprocess(images)
-        index = self._class_indices(class_index, len(batch))
+        return self._explain_batch(batch, views, self._class_indices(class_index, len(batch)), method, from_graph,
+                                   method_options)
+
+    def explain_iter(self, images: Iterable[ImageInput], *, method: str = "cfcam", class_index: int | str | None = None,
+                     batch_size: int = 16, workers: int | None = None, embedded: bool = True,
+                     **method_options: Any) -> Iterator[ImageResult]:
+        """Explain a stream of images (paths or HWC uint8 arrays; any iterable, read lazily), yielding one
+        :class:`~onnxcam.runtime.stream.ImageResult` per image in input order as soon as its batch is done.
+
+        ``workers`` threads (default: up to 4) decode and preprocess ahead of ONNX Runtime, which runs
+        ``batch_size`` images at a time; at most a few batches are held in memory, whatever the number of images.
+        An image that cannot be read gives a result with ``error`` set, and the stream goes on.
+        ``class_index``: None (the predicted class), or one index or label name for every image."""
+        from .stream import stream_explain
+
+        return stream_explain(self, images, method=method, class_index=class_index, batch_size=batch_size,
+                              workers=workers, embedded=embedded, method_options=method_options)
+
+    def _explain_batch(self, batch: np.ndarray, views: np.ndarray | None, index: np.ndarray, method: str,
+                       from_graph: str | None, method_options: dict[str, Any]) -> Explanation:
+        """:meth:`explain` on a preprocessed ``batch`` with its class indices (method and options checked)."""
+        spec = get_method(method)
         per_image = index.shape[1] if index.ndim == 2 else 1
         flat_batch = np.repeat(batch, per_image, axis=0) if index.ndim == 2 else batch
         flat_index = index.reshape(-1)

@@ -20,7 +20,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if p.is_dir():
         raise OnnxcamError(f"'{p}' is a folder, not an image; pass image files")
     data = np.fromfile(p, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if data.size == 0:
+        raise OnnxcamError(f"'{p}' is empty (0 bytes); it is not an image")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OnnxcamError(f"'{p}' is not an image OpenCV can read; pass a JPEG, PNG, BMP, TIFF or WebP file")
     return as_rgb(image, bgr=True)

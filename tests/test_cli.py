@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,20 +19,31 @@ def run(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def records(folder):
+    """manifest.jsonl's records, in order."""
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+
+
 def test_explain_writes_overlays_maps_and_manifest(tiny_model, images, tmp_path):
     out = tmp_path / "out"
     result = run("explain", tiny_model, *images, "-o", out, "--method", "gradcam")
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["disc.gradcam.npy", "disc.gradcam.png", "manifest.json", "noise.gradcam.npy", "noise.gradcam.png"]
+    assert names == ["disc.gradcam.npy", "disc.gradcam.png", "manifest.jsonl", "noise.gradcam.npy",
+                     "noise.gradcam.png", "summary.json"]
     cam = np.load(out / "disc.gradcam.npy")
     assert cam.shape == (32, 32) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() == pytest.approx(1)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["method"] == "gradcam" and manifest["providers"][0] == "CPUExecutionProvider"
-    assert manifest["layer"] == "features" and manifest["input_size"] == [3, 32, 32]
-    first = manifest["images"][0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and (summary["images"], summary["explained"], summary["failed"]) == (2, 2, 0)
+    settings = summary["settings"]
+    assert settings["method"] == "gradcam" and settings["providers"][0] == "CPUExecutionProvider"
+    assert settings["layer"] == "features" and settings["input_size"] == [3, 32, 32]
+    assert settings["model_sha256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    first, second = records(out)
+    assert first["image"] == "disc.png" and second["image"] == "noise.png"
     assert first["class_name"] in TINY_LABELS and 0 < first["probability"] <= 1
-    assert first["class_index"] == first["top_class_index"]
+    assert first["class_index"] == first["top_class_index"] and first["ms"] > 0
+    assert first["files"] == {"overlay": "disc.gradcam.png", "npy": "disc.gradcam.npy"}
     # one line per image naming the top class, then a summary
     lines = result.output.strip().splitlines()
     assert len(lines) == 3 and any(name in lines[0] for name in TINY_LABELS)
@@ -42,7 +54,7 @@ def test_explain_class_by_name_and_index(tiny_model, images, tmp_path):
         out = tmp_path / spec
         result = run("explain", tiny_model, images[0], "-o", out, "--class", spec, "--method", "cfcam")
         assert result.exit_code == 0, result.output
-        record = json.loads((out / "manifest.json").read_text())["images"][0]
+        [record] = records(out)
         assert record["class_index"] == expected and record["class_name"] == TINY_LABELS[expected]
 
 
@@ -82,19 +94,25 @@ def _bad(tmp_path, *args):
 
 
 def test_bad_inputs_give_one_line_errors_and_no_files(tiny_model, images, tmp_path):
-    not_image = tmp_path / "notes.png"
-    not_image.write_text("hello")
+    empty_folder = tmp_path / "no-images"
+    empty_folder.mkdir()
+    (empty_folder / "notes.txt").write_text("not an image")
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"\x00\x01garbage" * 10)
     cases = {
         "does not exist": ("explain", tiny_model, tmp_path / "missing.jpg"),
-        "not an image": ("explain", tiny_model, not_image),
         "not an ONNX model": ("explain", not_onnx, images[0]),
         "model '": ("explain", tmp_path / "nope.onnx", images[0]),
         "unknown method 'gradkam'": ("explain", tiny_model, images[0], "--method", "gradkam"),
         "class index 3 is out of range": ("explain", tiny_model, images[0], "--class", "3"),
         "unknown class name 'zebra'": ("explain", tiny_model, images[0], "--class", "zebra"),
         "unknown layer 'layer9'": ("explain", tiny_model, images[0], "--layer", "layer9"),
+        "unknown --format 'pdf'": ("explain", tiny_model, images[0], "--format", "overlay,pdf"),
+        "found no image in": ("explain", tiny_model, empty_folder),
+        "matches no image file": ("explain", tiny_model, tmp_path / "*.jpeg"),
+        "list file": ("explain", tiny_model, "--list", tmp_path / "missing.txt"),
+        "give images to explain": ("explain", tiny_model),
+        "add --engine ray": ("explain", tiny_model, images[0], "--address", "auto"),
     }
     if not has_cuda():
         cases["CUDA was requested"] = ("explain", tiny_model, images[0], "--device", "cuda")

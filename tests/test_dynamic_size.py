@@ -146,7 +146,8 @@ def _explain_with_flag_then_annotated(model, image, tmp_path, size):
 
     stem = image.stem
     maps = [np.load(tmp_path / run_name / f"{stem}.gradcam.npy") for run_name in ("flag", "annotated")]
-    manifests = [json.loads((tmp_path / run_name / "manifest.json").read_text()) for run_name in ("flag", "annotated")]
+    manifests = [json.loads((tmp_path / run_name / "summary.json").read_text())["settings"]
+                 for run_name in ("flag", "annotated")]
     assert maps[0].shape == size
     np.testing.assert_allclose(maps[1], maps[0], atol=1e-6)
     assert manifests[0]["input_size"] == manifests[1]["input_size"] == [3, *size]

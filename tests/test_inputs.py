@@ -223,10 +223,10 @@ def test_annotate_then_explain_needs_no_flags(foreign, images, tmp_path):
         a = np.load(flagged / f"{image.stem}.gradcam.npy")
         np.testing.assert_array_equal(a, np.load(plain / f"{image.stem}.gradcam.npy"))
         assert a.shape == (16, 16)
-    manifest = json.loads((plain / "manifest.json").read_text())
+    manifest = json.loads((plain / "summary.json").read_text())["settings"]
     assert manifest["preprocessing"]["std"] == [0.25, 0.25, 0.25] and manifest["preprocessing_source"] == "file"
     assert manifest["input_layout"] == "NHWC"
-    flagged_manifest = json.loads((flagged / "manifest.json").read_text())
+    flagged_manifest = json.loads((flagged / "summary.json").read_text())["settings"]
     assert flagged_manifest["preprocessing_source"] == "assumed (ImageNet), overridden"
 
 

@@ -234,7 +234,8 @@ def test_annotate_then_explain_a_photograph(case, photo, tmp_path):
         out = tmp_path / method
         result = run("explain", annotated, photo[0], "--method", method, "-o", out)
         assert result.exit_code == 0, result.output
-        assert sorted(p.name for p in out.iterdir()) == ["manifest.json", f"photo.{method}.npy", f"photo.{method}.png"]
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", f"photo.{method}.npy", f"photo.{method}.png",
+                                                         "summary.json"]
         cam = np.load(out / f"photo.{method}.npy")
         assert cam.shape == (224, 224) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
         assert np.isfinite(cam).all() and cam.max() == pytest.approx(1)
@@ -242,9 +243,9 @@ def test_annotate_then_explain_a_photograph(case, photo, tmp_path):
         # the overlay of the 224x224 view the model saw, enlarged by a whole factor for viewing
         assert picture is not None and picture.shape[2] == 3 and picture.std() > 0
         assert picture.shape[0] == picture.shape[1] and picture.shape[0] % 224 == 0, picture.shape
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["method"] == method and manifest["layer"] in case.names("last"), manifest
-        record = manifest["images"][0]
+        settings = json.loads((out / "summary.json").read_text())["settings"]
+        assert settings["method"] == method and settings["layer"] in case.names("last"), settings
+        [record] = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
         assert 0 < record["probability"] <= 1 and record["class_index"] == record["top_class_index"]
 
 
