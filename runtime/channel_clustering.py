@@ -31,8 +31,9 @@ PERCENTILE = 25.0
 UNIT = 2.0**-24
 #: Pairs whose squared distances bracket the percentile (above 4× this many pairs; below, all pairs are kept).
 SAMPLE = 1 << 12
-#: Below this many rows besides the all-zero ones (when there are two or more), those rows plus one zero row
-#: are clustered with pdist directly (:func:`_dead_as_one`).
+#: From R / DEAD_FRACTION all-zero rows on, when fewer than DEAD_AS_ONE_MAX rows are left, those rows plus one
+#: zero row are clustered with pdist directly (:func:`_dead_as_one`); a few zero rows cost the scan nothing.
+DEAD_FRACTION = 8
 DEAD_AS_ONE_MAX = 512
 #: Pairs per exact-distance chunk (a chunk of Z = 49 float64 differences: 6 MB).
 CHUNK = 1 << 14
@@ -291,7 +292,7 @@ def dbscan_partition(features: np.ndarray) -> tuple[np.ndarray, float | None, in
         return np.full(r, -1, dtype=np.int64), None, None
     min_samples = max(2, r // 20)
     dead = ~features.any(axis=1)
-    if dead.sum() >= 2 and r - dead.sum() < DEAD_AS_ONE_MAX:
+    if dead.sum() >= max(2, r // DEAD_FRACTION) and r - dead.sum() < DEAD_AS_ONE_MAX:
         return _dead_as_one(features, dead, min_samples)
     centred = features - features.mean(axis=0)
     bound = error_bound(centred)
