@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 from typing import Any
 
-import numpy as np
-
 from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.render import encode_png
+from onnxcam.runtime.render import encode_npy, encode_png
 
 
 class OutputWriter:
@@ -21,25 +18,13 @@ class OutputWriter:
             raise OnnxcamError(f"output '{folder}' exists and is not a folder; choose another -o")
         self.folder = folder
         self.files: dict[str, bytes] = {}
-        self._stems: set[str] = set()
-
-    def unique_stem(self, stem: str) -> str:
-        """``stem``, or ``stem-2``, ``stem-3``… when two images share a file name."""
-        candidate, n = stem, 1
-        while candidate in self._stems:
-            n += 1
-            candidate = f"{stem}-{n}"
-        self._stems.add(candidate)
-        return candidate
 
     def add(self, name: str, value: Any) -> None:
         """Queue ``value``: a ``[H,W,3]`` uint8 image for ``.png``, an array for ``.npy``, JSON otherwise."""
         if name.endswith(".png"):
             self.files[name] = encode_png(value)
         elif name.endswith(".npy"):
-            buf = io.BytesIO()
-            np.save(buf, np.asarray(value))
-            self.files[name] = buf.getvalue()
+            self.files[name] = encode_npy(value)
         else:
             self.files[name] = json.dumps(value, indent=2).encode()
 

@@ -324,10 +324,11 @@ def _dead_as_one(features: np.ndarray, dead: np.ndarray, min_samples: int) -> tu
     first = int(np.argmax(dead))
     kept = np.flatnonzero(~dead | (np.arange(r) == first))
     p = int(np.searchsorted(kept, first))
-    square = squareform(pdist(features[kept]))
+    condensed = pdist(features[kept])
+    square = squareform(condensed)
     k1, k2, frac = _order_positions(r, PERCENTILE)
     zeros = z * (z - 1) // 2  # the smallest pairs of all: the order statistics past them come from the rest
-    rest = np.concatenate([square[np.triu_indices(len(kept), 1)], np.repeat(np.delete(square[p], p), z - 1)])
+    rest = np.concatenate([condensed, np.repeat(np.delete(square[p], p), z - 1)])
     wanted = [k - zeros for k in (k1, k2) if k >= zeros]
     part = np.partition(rest, wanted) if wanted else rest
     first_value, second_value = (float(part[k - zeros]) if k >= zeros else 0.0 for k in (k1, k2))

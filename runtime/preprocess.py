@@ -19,12 +19,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise OnnxcamError(f"image '{p}' does not exist; check the path")
     if p.is_dir():
         raise OnnxcamError(f"'{p}' is a folder, not an image; pass image files")
-    data = np.fromfile(p, np.uint8)
+    return decode_image(np.fromfile(p, np.uint8), f"'{p}'")
+
+
+def decode_image(data: np.ndarray, what: str) -> np.ndarray:
+    """Encoded image bytes (uint8 ``[n]``) → RGB ``[H,W,3]`` uint8; ``what`` names them in the one-line errors."""
     if data.size == 0:
-        raise OnnxcamError(f"'{p}' is empty (0 bytes); it is not an image")
+        raise OnnxcamError(f"{what} is empty (0 bytes); it is not an image")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise OnnxcamError(f"'{p}' is not an image OpenCV can read; pass a JPEG, PNG, BMP, TIFF or WebP file")
+        raise OnnxcamError(f"{what} is not an image OpenCV can read; pass a JPEG, PNG, BMP, TIFF or WebP file")
     return as_rgb(image, bgr=True)
 
 

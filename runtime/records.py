@@ -4,7 +4,6 @@ and what ``--resume`` finds there."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import OnnxcamError
-from .render import encode_png, overlay, upscale
+from .render import encode_npy, encode_png, overlay, upscale
 from .stream import ImageResult
 
 #: artefact formats: overlay PNG, the map as .npy (float32 [H,W] in [0,1]), the map as a 16-bit grey PNG
@@ -56,9 +55,7 @@ def encode_artefacts(result: ImageResult, formats: Sequence[str], *, alpha: floa
         if fmt == "overlay":
             out[fmt] = encode_png(upscale(overlay(result.image, cam, alpha=alpha, colormap=colormap)))
         elif fmt == "npy":
-            buf = io.BytesIO()
-            np.save(buf, cam)
-            out[fmt] = buf.getvalue()
+            out[fmt] = encode_npy(cam)
         elif fmt == "png16":
             ok, data = cv2.imencode(".png", np.uint16(np.clip(cam, 0.0, 1.0) * 65535 + 0.5))
             if not ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 
@@ -88,6 +89,13 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise OnnxcamError("could not encode the PNG")
     return data.tobytes()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """An array → the bytes of its ``.npy`` file."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    return buf.getvalue()
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:

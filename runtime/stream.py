@@ -11,12 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from .errors import OnnxcamError
 from .methods import check_options, get_method
-from .preprocess import as_rgb, load_image, model_view, normalise
+from .preprocess import as_rgb, decode_image, load_image, model_view, normalise
 
 if TYPE_CHECKING:
     from .explainer import Explainer
@@ -55,13 +54,7 @@ def read_any(item: Any) -> np.ndarray:
     if isinstance(item, np.ndarray):
         return as_rgb(item)
     if isinstance(item, bytes | bytearray | memoryview):
-        data = np.frombuffer(item, np.uint8)
-        if data.size == 0:
-            raise OnnxcamError("the image data is empty (0 bytes)")
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise OnnxcamError("the data is not an image OpenCV can read (JPEG, PNG, BMP, TIFF or WebP)")
-        return as_rgb(image, bgr=True)
+        return decode_image(np.frombuffer(item, np.uint8), "the image data")
     return load_image(item)
 
 

@@ -187,14 +187,6 @@ def filter_gradient(m: np.ndarray, settings: CFCAMSettings) -> np.ndarray:
     return np.asarray(m, dtype=np.float64)
 
 
-def cluster_channels(features: np.ndarray) -> tuple[np.ndarray, float | None, int | None]:
-    """DBSCAN labels for the rows of ``features`` [R, Z], with eps and min_samples as in step 2:
-    :func:`onnxcam.runtime.channel_clustering.dbscan_partition` (scikit-learn's partition and numbering,
-    from a float32 Gram matrix with the pairs near eps and near the percentile recomputed as pdist does).
-    R < 2: no clustering, every row is noise, eps = min_samples = None."""
-    return dbscan_partition(features)
-
-
 @lru_cache(maxsize=16)
 def gaussian_mass(shape: tuple[int, int], sigma: float) -> np.ndarray:
     """s = filterᵀ(1) for the zero-border gaussian: mean_ij gaussian(M) = ⟨M, s⟩ / hw for every map M.
@@ -251,7 +243,7 @@ def cfcam_details(
     rest = np.flatnonzero(~dominant)
 
     labels = np.full(c, -2, dtype=np.int64)
-    rest_labels, eps, min_samples = cluster_channels(features[rest])
+    rest_labels, eps, min_samples = dbscan_partition(features[rest])  # step 2
     labels[rest] = rest_labels
     noise = labels == -1
     num_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
