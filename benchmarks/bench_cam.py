@@ -29,10 +29,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.exporter.torch_baseline import pytorch_grad_cam_runner  # noqa: E402
-from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.benchmark import (  # noqa: E402
+from onnxcam.evaluation.benchmark import (  # noqa: E402
     BenchRow,
     bench,
     machine,
@@ -40,6 +37,9 @@ from onnxcam.runtime.benchmark import (  # noqa: E402
     postprocess_peak_mb,
     text_table,
 )
+from onnxcam.evaluation.torch_baseline import pytorch_grad_cam_runner  # noqa: E402
+from onnxcam.exporter import export_torch  # noqa: E402
+from onnxcam.runtime import Explainer  # noqa: E402
 from sample_models.photos import photographs  # noqa: E402
 
 

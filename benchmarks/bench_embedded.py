@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench_cam import build  # noqa: E402  (the models, as bench_cam builds them)
 
+from onnxcam.cams.embed import embed_cams, embeddable  # noqa: E402
+from onnxcam.evaluation.benchmark import forward_floor, machine, measure  # noqa: E402
 from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.exporter.embed import embed_cams, embeddable  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.benchmark import forward_floor, machine, measure  # noqa: E402
 from onnxcam.runtime.session import create_session, session_options  # noqa: E402
 from sample_models.photos import photographs  # noqa: E402
 

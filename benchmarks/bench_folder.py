@@ -36,11 +36,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxcam.evaluation.benchmark import forward_floor, machine  # noqa: E402
+from onnxcam.runs.image_paths import collect_images  # noqa: E402
+from onnxcam.runs.local import explain_to_folder, run_settings  # noqa: E402
+from onnxcam.runs.records import RunFolder  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.benchmark import forward_floor, machine  # noqa: E402
-from onnxcam.runtime.folder_run import explain_to_folder, run_settings  # noqa: E402
-from onnxcam.runtime.image_paths import collect_images  # noqa: E402
-from onnxcam.runtime.records import RunFolder  # noqa: E402
 from onnxcam.runtime.session import session_options  # noqa: E402
 from onnxcam.runtime.stream import _prepare, default_workers  # noqa: E402
 from sample_models.photos import photographs  # noqa: E402

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
+from onnxcam.core.version import __version__
+from onnxcam.evaluation.evaluate import METRICS, evaluate
+from onnxcam.evaluation.figures import evaluation_figure
 from onnxcam.runtime import Explainer
-from onnxcam.runtime.evaluation import METRICS, evaluate
-from onnxcam.runtime.figures import evaluation_figure
-from onnxcam.runtime.version import __version__
 from sample_models.photos import photographs
 
 DOCS = pathlib.Path(__file__).resolve().parent

@@ -219,7 +219,7 @@ def _layout(model: Any, layer: str, size: int) -> str:
     that fail before the metadata is written)."""
     import torch
 
-    from onnxcam.exporter.layout import infer_layout
+    from onnxcam.classifier.layout_inference import infer_layout
 
     shapes = []
     handle = model.get_submodule(layer).register_forward_hook(
@@ -250,7 +250,7 @@ def _one_line(text: str, limit: int = 160) -> str:
 
 def classify(exc: BaseException, stage: str) -> tuple[str, float | None]:
     """A one-line reason for a failure, and the relative error when the parity check measured one."""
-    from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
+    from onnxcam.core.errors import OnnxcamError, UnsupportedOpError
 
     message = str(exc)
     if isinstance(exc, UnsupportedOpError):
@@ -275,9 +275,9 @@ def run_case(case: Case, workdir: str | os.PathLike | None = None) -> dict[str, 
     import numpy as np
     import onnx
 
+    from onnxcam.core.metadata import read_metadata
     from onnxcam.exporter import export_torch
-    from onnxcam.exporter.torch_export import PARITY_TOLERANCE, check_parity
-    from onnxcam.runtime.metadata import read_metadata
+    from onnxcam.frontends.torch_export import PARITY_TOLERANCE, check_parity
 
     row: dict[str, Any] = {"model": case.name, "family": case.family, "input": case.size, "layer": "—",
                            "layout": "—", "error": None, "result": "fail", "reason": "", "note": case.note}
@@ -327,7 +327,7 @@ def preload() -> None:
     import timm  # noqa: F401
 
     import onnxcam.exporter  # noqa: F401
-    import onnxcam.exporter.torch_export  # noqa: F401
+    import onnxcam.frontends.torch_export  # noqa: F401
 
 
 def run_isolated(case: Case, timeout: float = TIMEOUT_S) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from scipy import ndimage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.cluster import DBSCAN
 
-from onnxcam.runtime.methods.cfcam import bilateral_filter, resolve_options
+from onnxcam.cams.methods.cfcam.method import bilateral_filter, resolve_options
 
 
 def reference_partition(features: np.ndarray) -> tuple[np.ndarray, float | None]:

@@ -17,8 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcam.cli.main import main
-from onnxcam.runtime import Explainer
-from onnxcam.runtime.benchmark import (
+from onnxcam.evaluation.benchmark import (
     BenchRow,
     Measure,
     PeakMemory,
@@ -28,6 +27,7 @@ from onnxcam.runtime.benchmark import (
     postprocess_peak_mb,
     text_table,
 )
+from onnxcam.runtime import Explainer
 
 from .conftest import ROOT, SHAPES_MODEL
 

@@ -1,7 +1,7 @@
 """CF-CAM, step by step, on hand-made activations and gradients (docs/design.md §5).
 
 Expected values are worked out by hand in the comments or recomputed here with plain-Python loops that
-share no code with onnxcam.runtime.methods.cfcam.
+share no code with onnxcam.cams.methods.cfcam.method.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.methods import check_options, finalise, get_method
-from onnxcam.runtime.methods.cfcam import (
+from onnxcam.cams import check_options, finalise, get_method
+from onnxcam.cams.methods.cfcam.method import (
     CFCAMSettings,
     bilateral_filter,
     cfcam,
@@ -21,6 +20,7 @@ from onnxcam.runtime.methods.cfcam import (
     filter_gradient,
     resolve_options,
 )
+from onnxcam.core.errors import OnnxcamError
 
 # --------------------------------------------------------------------------------------------------
 # Plain-Python references

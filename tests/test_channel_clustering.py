@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
+from onnxcam.cams import finalise
+from onnxcam.cams.methods.cfcam.method import cfcam, cfcam_details
 from onnxcam.runtime import channel_clustering as cc
-from onnxcam.runtime.methods import finalise
-from onnxcam.runtime.methods.cfcam import cfcam, cfcam_details
 from tests.cfcam_reference import reference_cam, reference_partition
 
 

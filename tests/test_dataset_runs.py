@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from onnxcam.cli.explain_run import EXIT_IMAGES_FAILED, EXIT_INTERRUPTED
 from onnxcam.cli.main import main
+from onnxcam.runs.image_paths import collect_images
 from onnxcam.runtime import Explainer
-from onnxcam.runtime.image_paths import collect_images
 from tests.conftest import SHAPES_MODEL
 
 SAMPLES = sorted((SHAPES_MODEL.parent / "images").glob("*.png"))

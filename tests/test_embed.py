@@ -15,15 +15,15 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
+from onnxcam.autodiff.gradients import strip_gradients
+from onnxcam.cams import METHODS, finalise, finalise_graph
+from onnxcam.cams.embed import embed_cams, embeddable, strip_cams
+from onnxcam.cams.render import overlay
 from onnxcam.cli.main import main
-from onnxcam.exporter.embed import embed_cams, embeddable, strip_cams
-from onnxcam.exporter.gradient_pass import strip_gradients
+from onnxcam.core.errors import OnnxcamError
+from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
+from onnxcam.core.metadata import read_metadata
 from onnxcam.runtime import Explainer
-from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.graph_builder import GraphBuilder, set_ir_version
-from onnxcam.runtime.metadata import read_metadata
-from onnxcam.runtime.methods import METHODS, finalise, finalise_graph
-from onnxcam.runtime.render import overlay
 from onnxcam.runtime.session import create_session
 from tests.conftest import SHAPES_MODEL
 
@@ -151,7 +151,7 @@ def test_uint8_maps_and_bgr_overlay():
     model = onnx.load(SHAPES_MODEL)
     meta = read_metadata(model)
     meta.preprocessing = {**meta.preprocessing, "channel_order": "BGR"}
-    from onnxcam.runtime.metadata import write_metadata
+    from onnxcam.core.metadata import write_metadata
 
     write_metadata(model, meta)
     levels = embed_cams(model, ["layercam"], dtype="uint8", overlay=True, alpha=0.3, colormap="viridis")

@@ -17,13 +17,13 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 ort = pytest.importorskip("onnxruntime")
 
+from onnxcam.cams.embed import embed_cams  # noqa: E402
+from onnxcam.cams.methods.cfcam.clustering_graph import BIG, dbscan_labels_graph  # noqa: E402
+from onnxcam.cams.methods.cfcam.method import cfcam_details  # noqa: E402
+from onnxcam.core.graph_builder import GraphBuilder, set_ir_version  # noqa: E402
 from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.exporter.embed import embed_cams  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.channel_clustering_graph import BIG, dbscan_labels_graph  # noqa: E402
 from onnxcam.runtime.explainer import load_model  # noqa: E402
-from onnxcam.runtime.graph_builder import GraphBuilder, set_ir_version  # noqa: E402
-from onnxcam.runtime.methods.cfcam import cfcam_details  # noqa: E402
 from onnxcam.runtime.preprocess import model_view  # noqa: E402
 
 TOLERANCE = 1e-4

@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from onnxcam.cams.embed import embed_cams, embeddable  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
-from onnxcam.exporter.embed import embed_cams, embeddable  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
 from onnxcam.runtime.explainer import load_model  # noqa: E402
 from onnxcam.runtime.preprocess import model_view  # noqa: E402
@@ -107,7 +107,7 @@ def test_embedded_maps_equal_the_runtime(models, name):
 
 
 def test_embedded_overlay_is_the_runtime_overlay(models):
-    from onnxcam.runtime.render import overlay
+    from onnxcam.cams.render import overlay
 
     proto, images, _ = models["resnet18/layer4"]
     explainer = Explainer(proto, providers="cpu")

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from onnxcam.cams import finalise
+from onnxcam.core.errors import OnnxcamError, ProviderError
 from onnxcam.runtime import Explainer, overlay
-from onnxcam.runtime.errors import OnnxcamError, ProviderError
-from onnxcam.runtime.methods import finalise
 from onnxcam.runtime.preprocess import load_image, model_view, normalise
 from tests.conftest import has_cuda
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.methods import finalise, get_method
-from onnxcam.runtime.methods.gradcam import gradcam
+from onnxcam.cams import finalise, get_method
+from onnxcam.cams.methods.gradcam import gradcam
+from onnxcam.core.errors import OnnxcamError
 
 A = np.array(
     [

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxcam.core import tensor_info as graph_module
+from onnxcam.core.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.exporter import add_gradients
-from onnxcam.exporter import graph as graph_module
-from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError
 
 RNG = np.random.default_rng(0)
 W_CONV = RNG.standard_normal((6, 3, 3, 3)).astype(np.float32)

@@ -168,8 +168,8 @@ def test_gradients_match_the_tape(case, stage):
     import onnx
     import onnxruntime as ort
 
+    from onnxcam.core.metadata import read_metadata
     from onnxcam.exporter import add_gradients
-    from onnxcam.runtime.metadata import read_metadata
 
     layer = case.meta["layers"][stage]
     augmented = add_gradients(onnx.load(case.onnx), activations=None if stage == "last" else layer["onnx_name"])
@@ -208,8 +208,8 @@ def test_annotate_then_explain_a_photograph(case, photo, tmp_path):
     import cv2
     import onnx
 
+    from onnxcam.core.metadata import read_metadata
     from onnxcam.runtime import Explainer
-    from onnxcam.runtime.metadata import read_metadata
 
     spec = case.preprocessing
     annotated = tmp_path / f"{case.arch}.onnx"
@@ -263,9 +263,9 @@ def test_a_feature_map_in_both_layouts(keras_builds):
     the gradients at either match the tape, and the runtime's layout handling gives the same CAM from both."""
     import onnx
 
+    from onnxcam.core.metadata import read_metadata
     from onnxcam.exporter import add_gradients
     from onnxcam.runtime import Explainer
-    from onnxcam.runtime.metadata import read_metadata
 
     case = keras_builds.get("ConvNeXtTiny")
     layer = case.meta["layers"]["layernorm"]

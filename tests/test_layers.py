@@ -7,12 +7,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from onnxcam.classifier.torch_names import scope_of
 from onnxcam.cli.main import main
+from onnxcam.core.errors import OnnxcamError
 from onnxcam.exporter import candidate_layers, export_torch
-from onnxcam.exporter.torch_export import torch_gradients
-from onnxcam.exporter.torch_names import scope_of
+from onnxcam.frontends.torch_export import torch_gradients
 from onnxcam.runtime import Explainer
-from onnxcam.runtime.errors import OnnxcamError
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.methods import (
+from onnxcam.cams import (
     METHODS,
     CAMMethod,
     check_options,
@@ -14,7 +13,8 @@ from onnxcam.runtime.methods import (
     get_method,
     register,
 )
-from onnxcam.runtime.methods.base import check_pair
+from onnxcam.cams.base import check_pair
+from onnxcam.core.errors import OnnxcamError
 
 
 def test_builtin_methods_are_registered() -> None:
@@ -147,5 +147,5 @@ def test_methods_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, onnxcam.runtime.methods; sys.exit(int(any(m.split('.')[0] == 'torch' for m in sys.modules)))"
+    code = "import sys, onnxcam.cams.methods; sys.exit(int(any(m.split('.')[0] == 'torch' for m in sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -12,15 +12,15 @@ import math
 import numpy as np
 import pytest
 
-from onnxcam.exporter.torch_baseline import PYTORCH_GRAD_CAM_CLASSES
-from onnxcam.runtime.errors import OnnxcamError
-from onnxcam.runtime.methods import METHODS, finalise, get_method
-from onnxcam.runtime.methods.eigencam import eigencam, eigengradcam
-from onnxcam.runtime.methods.gradcampp import gradcampp
-from onnxcam.runtime.methods.hirescam import hirescam
-from onnxcam.runtime.methods.layercam import layercam
-from onnxcam.runtime.methods.normgrad import normgrad
-from onnxcam.runtime.methods.xgradcam import xgradcam
+from onnxcam.cams import METHODS, finalise, get_method
+from onnxcam.cams.methods.eigencam import eigencam, eigengradcam
+from onnxcam.cams.methods.gradcampp import gradcampp
+from onnxcam.cams.methods.hirescam import hirescam
+from onnxcam.cams.methods.layercam import layercam
+from onnxcam.cams.methods.normgrad import normgrad
+from onnxcam.cams.methods.xgradcam import xgradcam
+from onnxcam.core.errors import OnnxcamError
+from onnxcam.evaluation.torch_baseline import PYTORCH_GRAD_CAM_CLASSES
 
 FAMILY = ("gradcampp", "xgradcam", "layercam", "hirescam", "normgrad", "eigencam", "eigengradcam")
 
@@ -331,7 +331,7 @@ def test_eigen_projection_matches_up_to_lapack_sign(resnet_case, layer: str) -> 
     """Same principal axis as pytorch-grad-cam's get_2d_projection; ours has the deterministic sign Σ_c v_c > 0."""
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-    from onnxcam.runtime.methods.eigencam import principal_projection
+    from onnxcam.cams.methods.eigencam import principal_projection
 
     _, _, hooked = resnet_case
     acts, grads = hooked(layer)

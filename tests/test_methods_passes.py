@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcam.runtime.methods import METHODS
-from onnxcam.runtime.methods.context import CAMContext
+from onnxcam.cams import METHODS
+from onnxcam.cams.context import CAMContext
 
 A = np.array([[[[1.0, 0.0], [0.0, 3.0]], [[2.0, 2.0], [0.0, 0.0]]]], np.float32)  # [1, 2, 2, 2]
 X = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)  # a one-channel 2×2 "image"
@@ -62,7 +62,7 @@ def test_ablationcam_by_hand():
 
 def test_smoothgradcampp_averages_gradcampp_weights_over_noisy_passes():
     """Hand-made model: the gradients at x + noise are A·(1 + mean(noise)), so the weights are checkable."""
-    from onnxcam.runtime.methods.gradcampp import gradcampp_weights
+    from onnxcam.cams.methods.gradcampp import gradcampp_weights
 
     seen = []
 

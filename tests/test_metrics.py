@@ -356,7 +356,7 @@ def test_metrics_module_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nimport onnxcam.runtime.metrics\n"
+    code = ("import sys\nimport onnxcam.evaluation.metrics\n"
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'skimage')], 'torch/skimage'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -46,7 +46,7 @@ def node() -> str:
 
 
 def _embed(out: pathlib.Path, *args: str) -> pathlib.Path:
-    pytest.importorskip("onnxcam.exporter.embed", reason="onnxcam embed is not available")
+    pytest.importorskip("onnxcam.cams.embed", reason="onnxcam embed is not available")
     cmd = [sys.executable, "-m", "onnxcam.cli", "embed", str(SHAPES_MODEL), *args, "-o", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -99,8 +99,8 @@ def test_node_map_and_overlay_equal_python(node, embedded, tmp_path):
 
 def test_node_uint8_map_without_overlay(node, tmp_path):
     """A uint8 cam and no overlay output: the map is read as levels/255 and the PNG is colourised in JS."""
+    from onnxcam.cams.render import overlay
     from onnxcam.runtime import Explainer
-    from onnxcam.runtime.render import overlay
 
     model = _embed(tmp_path / "shapes.u8.onnx", "--cam", "layercam", "--cam-dtype", "uint8")
     image = IMAGES[1]

@@ -36,7 +36,7 @@ torchvision = pytest.importorskip("torchvision")
 nn = torch.nn
 
 from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.exporter.kinks import near_kink  # noqa: E402
+from onnxcam.frontends.kinks import near_kink  # noqa: E402
 
 TOLERANCE = 1e-4
 GRAD_PREFIX = "onnxcam/grad/"
@@ -254,7 +254,7 @@ ALPHA = 0.5
 
 @pytest.fixture(scope="module")
 def embedded(export, tmp_path_factory) -> Runtimes:
-    from onnxcam.exporter.embed import embed_cams
+    from onnxcam.cams.embed import embed_cams
 
     model = embed_cams(onnx.load(export("resnet18-layer4")), CAMS, overlay=True, alpha=ALPHA)
     path = tmp_path_factory.mktemp("ov") / "resnet18_cams.onnx"
@@ -289,7 +289,7 @@ def test_embedded_cams_match(embedded):
 
 
 def test_embedded_overlays_match(embedded):
-    from onnxcam.runtime.render import colormap_table
+    from onnxcam.cams.render import colormap_table
 
     step = int(np.abs(np.diff(colormap_table("jet").astype(int), axis=0)).max())
     at_edge_bound = math.ceil(ALPHA * step) + 1

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from onnxcam.core.errors import OnnxcamError, UnsupportedOpError  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
-from onnxcam.exporter.torch_export import check_parity  # noqa: E402
-from onnxcam.runtime.errors import OnnxcamError, UnsupportedOpError  # noqa: E402
+from onnxcam.frontends.torch_export import check_parity  # noqa: E402
 
 
 class Net(nn.Module):
@@ -204,7 +204,7 @@ def test_handwritten_graph_matches_numpy():
 
 def test_wrong_rule_is_caught_and_nothing_written(tmp_path, monkeypatch):
     """The parity check can fail: a ReLU rule that forgets its mask must be refused at export."""
-    from onnxcam.exporter import rules
+    from onnxcam.autodiff import rules
 
     monkeypatch.setitem(rules.RULES, "Relu", lambda v: [v.g])
     net = _net("relu_relu6")

@@ -22,7 +22,7 @@ nn = torch.nn
 F = nn.functional
 
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
-from onnxcam.exporter.torch_export import check_parity, relative_error  # noqa: E402
+from onnxcam.frontends.torch_export import check_parity, relative_error  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -324,7 +324,7 @@ def test_only_path_through_piecewise_constant_op_gives_zero_gradient(op):
 
 def _first_wins_reduce_max(v):
     """A wrong tie rule: every tied position gets the whole gradient."""
-    from onnxcam.exporter.rules import _kept, _reduce_axes
+    from onnxcam.autodiff.rules import _kept, _reduce_axes
 
     axes = _reduce_axes(v, 18)
     hit = v.b.op("Equal", v.x, _kept(v, v.y, axes))
@@ -343,7 +343,7 @@ BROKEN = {
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_broken_rule_is_caught(name, monkeypatch):
     """The comparison can fail: a subtly wrong rule (tie handling, a missing branch, another approximation)."""
-    from onnxcam.exporter import rules
+    from onnxcam.autodiff import rules
 
     op, wrong = BROKEN[name]
     monkeypatch.setitem(rules.RULES, op, wrong)

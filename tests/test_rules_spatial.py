@@ -22,11 +22,15 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = nn.functional
 
-from onnxcam.exporter import add_gradients, export_torch, rules_spatial  # noqa: E402
-from onnxcam.exporter.graph import GraphBuilder, TensorInfo, set_ir_version  # noqa: E402
-from onnxcam.exporter.rules import RULES, VJP  # noqa: E402
-from onnxcam.exporter.torch_export import check_parity, relative_error  # noqa: E402
-from onnxcam.runtime.errors import UnsupportedOpError  # noqa: E402
+from onnxcam.autodiff.rules import (  # noqa: E402
+    RULES,
+    VJP,
+    rules_spatial,  # noqa: E402
+)
+from onnxcam.core.errors import UnsupportedOpError  # noqa: E402
+from onnxcam.core.tensor_info import GraphBuilder, TensorInfo, set_ir_version  # noqa: E402
+from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
+from onnxcam.frontends.torch_export import check_parity, relative_error  # noqa: E402
 from tests.test_rules import Lambda  # noqa: E402
 
 TOLERANCE = 1e-4

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from onnxcam.core.errors import OnnxcamError
 from onnxcam.runtime import Explainer
-from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.session import run, session_options
 
 from .conftest import SHAPES_MODEL

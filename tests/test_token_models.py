@@ -13,11 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from onnxcam.classifier.layout_inference import infer_layout  # noqa: E402
+from onnxcam.core.errors import OnnxcamError  # noqa: E402
+from onnxcam.core.layout import to_nchw  # noqa: E402
 from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.exporter.layout import infer_layout  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.errors import OnnxcamError  # noqa: E402
-from onnxcam.runtime.layout import to_nchw  # noqa: E402
 
 H, W, PATCH = 32, 64, 8  # a 4 × 8 patch grid
 ROW, COL = 1, 6  # the only patch the logit reads

@@ -1,0 +1,1 @@
+"""Judging explanations: faithfulness and localisation metrics, ``evaluate``, its figure, and benchmarks."""

@@ -1,0 +1,342 @@
+"""``Explainer``: an onnxcam graph on ONNX Runtime, from images to class activation maps."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from onnxcam.cams import check_options, finalise, get_method, with_defaults
+from onnxcam.cams.context import CAMContext
+from onnxcam.core.errors import OnnxcamError
+from onnxcam.core.layout import to_nchw
+from onnxcam.core.metadata import (
+    IMAGENET_PREPROCESSING,
+    CamMetadata,
+    class_probabilities,
+    has_gradients,
+    read_metadata,
+    target_output_names,
+)
+from onnxcam.runtime.preprocess import as_rgb, check_preprocessing, load_image, model_view, normalise
+from onnxcam.runtime.session import create_session, run
+
+if TYPE_CHECKING:
+    from onnxcam.runtime.stream import ImageResult
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+ImageInput = str | os.PathLike | np.ndarray
+
+
+@dataclass
+class Explanation:
+    """CAMs for a batch: ``cams`` ``[N,H,W]`` float32 in [0,1] at the model's input resolution."""
+
+    cams: np.ndarray
+    class_index: np.ndarray
+    logits: np.ndarray
+    probabilities: np.ndarray
+    method: str
+    providers: list[str]
+    labels: list[str] | None = None
+    images: np.ndarray | None = None  # ``[N,H,W,3]`` uint8: what the model saw (None for a raw batch)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Probability of the explained class, per image."""
+        return self.probabilities[np.arange(len(self.class_index)), self.class_index]
+
+
+def load_model(model: ModelSource) -> onnx.ModelProto:
+    """Read an ONNX model from a path, bytes or a ModelProto, with one-line errors."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes):
+        data, where = model, "the given bytes"
+    else:
+        p = pathlib.Path(model)
+        if not p.is_file():
+            raise OnnxcamError(f"model '{p}' does not exist; check the path")
+        data, where = p.read_bytes(), f"'{p}'"
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - protobuf raises several types
+        proto = None
+    if proto is None or not proto.graph.node:
+        raise OnnxcamError(f"{where} is not an ONNX model; pass a .onnx file (export one with `onnxcam export`)")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        if isinstance(model, bytes):
+            raise OnnxcamError("the model keeps its weights in external data files; pass its path instead of bytes")
+        onnx.load_external_data_for_model(proto, str(pathlib.Path(model).parent))
+    return proto
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably."""
+    return class_probabilities(logits, "softmax")
+
+
+class Explainer:
+    """Explain a classifier with CAMs on ONNX Runtime.
+
+    ``model`` is an onnxcam graph or any ONNX classifier (augmented in memory with ``add_gradients``).
+    ``layer`` re-targets the gradients to other tensor(s) or torch module name(s); ``batch_size`` bounds the
+    images per ORT run in the extra passes of Score-CAM and Ablation-CAM.
+    ``providers``: "auto", "cuda", "cpu" or an ORT providers list; ``session_options`` an ORT SessionOptions
+    (see :func:`onnxcam.runtime.session.session_options`), used for every session the explainer opens.
+    ``input_size`` = (H, W) fixes a dynamic image size and ``input_layout`` ("NCHW"/"NHWC") overrides the
+    detected layout of a plain classifier's input; ``preprocessing`` overrides keys of the file's
+    preprocessing (resize, crop, scale, mean, std, channel_order; ImageNet's when the file carries none).
+    """
+
+    def __init__(self, model: ModelSource, *, providers: str | Sequence[Any] = "auto",
+                 layer: str | Sequence[str] | None = None, session_options: Any = None, batch_size: int = 32,
+                 input_size: tuple[int, int] | None = None, input_layout: str | None = None,
+                 preprocessing: dict[str, Any] | None = None) -> None:
+        proto = load_model(model)
+        meta = read_metadata(proto)
+        layers = [layer] if isinstance(layer, str) else list(layer or [])
+        same = layers in (meta.target_layers, meta.target_tensors) or (
+            len(layers) == len(meta.target_layers) == 1 and layers[0] in meta.target_tensors)
+        recorded_size = tuple(meta.input_size[1:]) if meta.input_size else None
+        new_input = (input_size is not None and tuple(input_size) != recorded_size) or (
+            input_layout is not None and input_layout.upper() != (meta.input_layout or "NCHW"))
+        if not has_gradients(proto) or (layers and not same) or new_input:
+            from onnxcam.autodiff.gradients import add_gradients  # onnx only, never torch
+
+            proto = add_gradients(proto, activations=layers or meta.target_layers or None, target=meta.target,
+                                  input_size=input_size, input_layout=input_layout)
+            meta = read_metadata(proto)
+        self.model = proto
+        self.metadata: CamMetadata = meta
+        self.session_options = session_options
+        self.session = create_session(proto.SerializeToString(), providers, session_options)
+        dims = self.session.get_inputs()[0].shape
+        if any(not isinstance(d, int) for d in dims[1:]):
+            raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; pass --input-size HxW")
+        self.input_shape: tuple[int, int, int] = tuple(dims[1:])
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._outputs = set(outputs)
+        self._pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
+        self.num_classes = int(self.session.get_outputs()[0].shape[1])
+        base = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
+        #: where the preprocessing comes from: "file", "assumed (ImageNet)", plus "overridden" with overrides
+        self.preprocessing_source = "file" if meta.preprocessing else "assumed (ImageNet)"
+        if preprocessing:
+            base.update({k: v for k, v in preprocessing.items() if v is not None})
+            self.preprocessing_source += ", overridden"
+        self.preprocessing: dict[str, Any] = check_preprocessing(base, self.input_shape[0])
+        self._layouts = meta.layouts or [{"layout": "NCHW"}] * len(self._pairs)
+        self.batch_size = batch_size
+        self._forward_session: Any = None
+        self._head_sessions: dict[int, Any] = {}
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session really runs on, in priority order."""
+        return list(self.session.get_providers())
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names from the metadata, when the model carries them."""
+        return self.metadata.labels
+
+    @property
+    def layer(self) -> str:
+        """The target layer's name (torch module name or tensor name)."""
+        return ", ".join(self.metadata.target_layers)
+
+    def class_index_of(self, spec: int | str) -> int:
+        """A class index from an int, a numeric string or a label name; −1 means the predicted class."""
+        if isinstance(spec, str) and not spec.lstrip("-").isdigit():
+            names = [n.lower() for n in (self.labels or [])]
+            if spec.lower() not in names:
+                hint = "the model carries no class names; pass an index" if not names else \
+                    "run `onnxcam explain` without --class to see the predicted names"
+                raise OnnxcamError(f"unknown class name '{spec}'; {hint}")
+            return names.index(spec.lower())
+        index = int(spec)
+        if not -1 <= index < self.num_classes:
+            raise OnnxcamError(f"class index {index} is out of range; the model has {self.num_classes} classes "
+                               f"(0–{self.num_classes - 1}, or -1 for the predicted class)")
+        return index
+
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images (paths or HWC uint8 arrays) or a preprocessed NCHW float32 batch → (batch, model views)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:
+            batch = np.ascontiguousarray(images, dtype=np.float32)
+            if batch.shape[1:] != self.input_shape:
+                expected = ", ".join(map(str, self.input_shape))
+                raise OnnxcamError(f"a preprocessed batch must have shape [N, {expected}], got {list(batch.shape)}")
+            return batch, None
+        if isinstance(images, str | os.PathLike) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]
+        if len(images) == 0:
+            raise OnnxcamError("no images given")
+        size = self.input_shape[1:]
+        views = np.stack([model_view(load_image(im) if isinstance(im, str | os.PathLike) else as_rgb(im),
+                                     self.preprocessing, size) for im in images])
+        return normalise(views, self.preprocessing, channels=self.input_shape[0]), views
+
+    def forward(self, batch: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None,
+                ) -> dict[str, np.ndarray]:
+        """Raw graph outputs (``logits``, ``activations``, ``gradients``) for a preprocessed batch."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        index = self._class_indices(class_index, len(batch))
+        outputs = run(self.session, {"input": batch, "class_index": index})
+        return dict(zip([o.name for o in self.session.get_outputs()], outputs))
+
+    def scores(self, batch: np.ndarray, class_index: np.ndarray, *, probability: bool = False) -> np.ndarray:
+        """The logit (or softmax probability) of ``class_index`` for each image of a preprocessed batch,
+        from forward passes only, ``batch_size`` images at a time."""
+        if self._forward_session is None:
+            from onnxcam.autodiff.gradients import strip_gradients
+
+            self._forward_session = self._sub_session(strip_gradients(self.model))
+        return self._class_scores(self._forward_session, batch, class_index, probability)
+
+    def probabilities(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """Softmax probability of ``class_index`` per image (the scorer the metrics use)."""
+        return self.scores(batch, class_index, probability=True)
+
+    def head_scores(self, layer: int, activations: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """The logit of ``class_index`` computed from target layer ``layer``'s ``[M,C,h,w]`` activations by the
+        part of the model after that layer only (the head subgraph), batched."""
+        layout = self._layouts[layer]
+        if layout.get("layout", "NCHW") == "NTC":
+            raise OnnxcamError("this method needs the head after the layer, which is not supported for token layers "
+                               "yet; use a gradient-based method")
+        if layer not in self._head_sessions:
+            from onnxcam.autodiff.gradients import head_model, strip_gradients
+
+            forward = strip_gradients(self.model)
+            head = head_model(forward, self.metadata.target_tensors[layer], forward.graph.output[0].name)
+            self._head_sessions[layer] = self._sub_session(head)
+        session = self._head_sessions[layer]
+        raw = activations if layout.get("layout", "NCHW") == "NCHW" else activations.transpose(0, 2, 3, 1)
+        return self._class_scores(session, raw, class_index, probability=False)
+
+    def _class_scores(self, session: Any, inputs: np.ndarray, class_index: np.ndarray, probability: bool,
+                      ) -> np.ndarray:
+        """Run a logits-only ``session`` on ``inputs``, ``batch_size`` at a time; pick each row's class."""
+        out = np.empty(len(inputs), np.float32)
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = np.ascontiguousarray(inputs[start:start + self.batch_size], dtype=np.float32)
+            logits = run(session, {session.get_inputs()[0].name: chunk})[0]
+            values = class_probabilities(logits, self.metadata.output_kind) if probability else logits
+            out[start:start + len(chunk)] = values[np.arange(len(chunk)), class_index[start:start + len(chunk)]]
+        return out
+
+    def _sub_session(self, model: onnx.ModelProto) -> Any:
+        from onnxcam.core.graph_builder import set_ir_version
+
+        set_ir_version(model)
+        return create_session(model.SerializeToString(), self.providers, self.session_options)
+
+    def _class_indices(self, class_index: Any, n: int) -> np.ndarray:
+        if class_index is None:
+            return np.full(n, -1, np.int64)
+        if isinstance(class_index, int | str | np.integer):
+            return np.full(n, self.class_index_of(class_index), np.int64)
+        rows = np.asarray(class_index, dtype=object)
+        values = np.vectorize(self.class_index_of, otypes=[np.int64])(rows) if rows.size else rows.astype(np.int64)
+        if len(values) != n or values.ndim > 2:
+            raise OnnxcamError(f"class indices of shape {list(values.shape)} given for {n} images; use [N] or [N, K]")
+        return values
+
+    def embedded_output(self, method: str, options: dict[str, Any] | None = None) -> str | None:
+        """The graph output that carries ``method``'s finished float32 map with these ``options`` (defaults
+        filled in), or None when the file does not embed it so."""
+        wanted = with_defaults(get_method(method), options)
+        for entry in self.metadata.cams or []:
+            if (entry.get("method"), entry.get("dtype"), entry.get("options")) == (method, "float32", wanted) and \
+                    entry.get("output") in self._outputs:
+                return entry["output"]
+        return None
+
+    def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str = "cfcam",
+                class_index: Any = None, embedded: bool = True, **method_options: Any) -> Explanation:
+        """CAMs of ``method`` for ``images``.
+
+        ``class_index``: None/−1 explains the predicted class; an int or label the same class for every image;
+        ``[N]`` one class per image; ``[N, K]`` K classes per image, giving ``cams`` of shape ``[N, K, H, W]``.
+        With several target layers, each layer's map is upsampled and scaled to [0, 1], the maps are averaged,
+        and the average is divided by its maximum. When the file embeds ``method`` with the same options
+        (``onnxcam embed``), its ``cam_<method>`` output is the map and numpy computes nothing;
+        ``embedded=False`` computes it in numpy all the same.
+        """
+        spec = get_method(method)
+        check_options(spec, method_options)
+        from_graph = self.embedded_output(method, method_options) if embedded else None
+        batch, views = self.preprocess(images)
+        return self._explain_batch(batch, views, self._class_indices(class_index, len(batch)), method, from_graph,
+                                   method_options)
+
+    def explain_iter(self, images: Iterable[ImageInput], *, method: str = "cfcam", class_index: int | str | None = None,
+                     batch_size: int = 16, workers: int | None = None, embedded: bool = True,
+                     **method_options: Any) -> Iterator[ImageResult]:
+        """Explain a stream of images (paths or HWC uint8 arrays; any iterable, read lazily), yielding one
+        :class:`~onnxcam.runtime.stream.ImageResult` per image in input order as soon as its batch is done.
+
+        ``workers`` threads (default: up to 4) decode and preprocess ahead of ONNX Runtime, which runs
+        ``batch_size`` images at a time; at most a few batches are held in memory, whatever the number of images.
+        An image that cannot be read gives a result with ``error`` set, and the stream goes on.
+        ``class_index``: None (the predicted class), or one index or label name for every image."""
+        from onnxcam.runtime.stream import stream_explain
+
+        return stream_explain(self, images, method=method, class_index=class_index, batch_size=batch_size,
+                              workers=workers, embedded=embedded, method_options=method_options)
+
+    def _explain_batch(self, batch: np.ndarray, views: np.ndarray | None, index: np.ndarray, method: str,
+                       from_graph: str | None, method_options: dict[str, Any]) -> Explanation:
+        """:meth:`explain` on a preprocessed ``batch`` with its class indices (method and options checked)."""
+        spec = get_method(method)
+        per_image = index.shape[1] if index.ndim == 2 else 1
+        flat_batch = np.repeat(batch, per_image, axis=0) if index.ndim == 2 else batch
+        flat_index = index.reshape(-1)
+        out = self.forward(flat_batch, flat_index)
+        chosen = np.where(flat_index < 0, out["logits"].argmax(axis=1), flat_index)
+        maps = [out[from_graph]] if from_graph else []
+        for layer, ((a, g), layout) in enumerate([] if from_graph else zip(self._pairs, self._layouts)):
+            acts, grads = to_nchw(out[a], layout), to_nchw(out[g], layout)
+            if spec.uses_model:
+                ctx = CAMContext(acts, grads, flat_batch, chosen, self.scores,
+                                 functools.partial(self._layer_gradients, layer),
+                                 functools.partial(self.head_scores, layer), self.batch_size)
+                raw = spec.compute(ctx, **method_options)
+            else:
+                raw = spec.compute(acts, grads, **method_options)
+            maps.append(finalise(raw, self.input_shape[1:], spec.normalise))
+        cams = maps[0] if len(maps) == 1 else _fuse(maps)
+        logits = out["logits"][::per_image]
+        if index.ndim == 2:
+            cams = cams.reshape(len(batch), per_image, *cams.shape[1:])
+            chosen = chosen.reshape(len(batch), per_image)
+        names = None
+        if self.labels:
+            names = [self.labels[c] for c in chosen] if chosen.ndim == 1 else [[self.labels[c] for c in row]
+                                                                                 for row in chosen]
+        return Explanation(cams=cams, class_index=chosen, logits=logits,
+                           probabilities=class_probabilities(logits, self.metadata.output_kind),
+                           method=method, providers=self.providers, labels=names, images=views,
+                           options=dict(method_options))
+
+    def _layer_gradients(self, layer: int, batch: np.ndarray, class_index: np.ndarray,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        out = self.forward(batch, class_index)
+        a, g = self._pairs[layer]
+        return to_nchw(out[a], self._layouts[layer]), to_nchw(out[g], self._layouts[layer])
+
+
+def _fuse(maps: list[np.ndarray]) -> np.ndarray:
+    """Several layers' [0, 1] maps → their mean, divided by its maximum (per image)."""
+    mean = np.mean(maps, axis=0)
+    peak = mean.reshape(len(mean), -1).max(axis=1)[:, None, None]
+    return np.where(peak > 0, mean / np.where(peak > 0, peak, 1), mean).astype(np.float32)
