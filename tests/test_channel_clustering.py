@@ -14,8 +14,8 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from onnxcam.cams import finalise
+from onnxcam.cams.methods.cfcam import clustering as cc
 from onnxcam.cams.methods.cfcam.method import cfcam, cfcam_details
-from onnxcam.runtime import channel_clustering as cc
 from tests.cfcam_reference import reference_cam, reference_partition
 
 

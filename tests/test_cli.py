@@ -73,7 +73,7 @@ def test_explain_plain_onnx_classifier(tiny_model, images, tmp_path):
     """A classifier without gradient outputs is augmented in memory."""
     import onnx
 
-    from onnxcam.autodiff.gradients import strip_gradients
+    from onnxcam.core.contract import strip_gradients
 
     plain = tmp_path / "plain.onnx"
     onnx.save(strip_gradients(onnx.load(tiny_model)), plain)

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
-from onnxcam.autodiff.gradients import strip_gradients
 from onnxcam.cams import METHODS, finalise, finalise_graph
-from onnxcam.cams.embed import embed_cams, embeddable, strip_cams
+from onnxcam.cams.embed import embed_cams, embeddable
 from onnxcam.cams.render import overlay
 from onnxcam.cli.main import main
+from onnxcam.core.contract import strip_cams, strip_gradients
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
 from onnxcam.core.metadata import read_metadata

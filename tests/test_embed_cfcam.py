@@ -21,9 +21,9 @@ from onnxcam.cams.embed import embed_cams  # noqa: E402
 from onnxcam.cams.methods.cfcam.clustering_graph import BIG, dbscan_labels_graph  # noqa: E402
 from onnxcam.cams.methods.cfcam.method import cfcam_details  # noqa: E402
 from onnxcam.core.graph_builder import GraphBuilder, set_ir_version  # noqa: E402
+from onnxcam.core.model_io import load_model  # noqa: E402
 from onnxcam.exporter import export_torch  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.explainer import load_model  # noqa: E402
 from onnxcam.runtime.preprocess import model_view  # noqa: E402
 
 TOLERANCE = 1e-4

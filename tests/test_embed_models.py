@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from onnxcam.cams.embed import embed_cams, embeddable  # noqa: E402
+from onnxcam.core.model_io import load_model  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
-from onnxcam.runtime.explainer import load_model  # noqa: E402
 from onnxcam.runtime.preprocess import model_view  # noqa: E402
 
 METHODS = embeddable()

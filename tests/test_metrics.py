@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from onnxcam.runtime import metrics as M
+from onnxcam.evaluation import metrics as M
 
 SIZE = 32
 EVIDENCE = np.zeros((SIZE, SIZE), bool)

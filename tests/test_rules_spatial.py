@@ -28,7 +28,8 @@ from onnxcam.autodiff.rules import (  # noqa: E402
     rules_spatial,  # noqa: E402
 )
 from onnxcam.core.errors import UnsupportedOpError  # noqa: E402
-from onnxcam.core.tensor_info import GraphBuilder, TensorInfo, set_ir_version  # noqa: E402
+from onnxcam.core.graph_builder import GraphBuilder, set_ir_version  # noqa: E402
+from onnxcam.core.tensor_info import TensorInfo  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
 from onnxcam.frontends.torch_export import check_parity, relative_error  # noqa: E402
 from tests.test_rules import Lambda  # noqa: E402

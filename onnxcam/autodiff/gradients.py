@@ -14,33 +14,34 @@ import onnx
 from onnx import helper
 
 from onnxcam.autodiff.rules import RULES, VJP
-from onnxcam.classifier.inputs import ADAPTER, ImageInput, data_inputs, fix_input, rename_everywhere
+from onnxcam.classifier.inputs import ImageInput, fix_input
 from onnxcam.classifier.layout_inference import infer_layout
 from onnxcam.classifier.scores import find_score, flatten_score
 from onnxcam.classifier.torch_names import module_tensor
+from onnxcam.core.contract import ADAPTER, TARGETS, strip_gradients, target_output_names
 from onnxcam.core.errors import OnnxcamError, UnsupportedOpError
-from onnxcam.core.metadata import CamMetadata, read_metadata, target_output_names, write_metadata
-from onnxcam.core.tensor_info import DynamicSizeError, GraphBuilder, TensorInfo, check_runs, opset_of, set_ir_version
+from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
+from onnxcam.core.graph_queries import (
+    ancestors,
+    image_dependents,
+    opset_of,
+    producers,
+    rename_everywhere,
+    resolve_tensor,
+)
+from onnxcam.core.metadata import CamMetadata, read_metadata, write_metadata
+from onnxcam.core.tensor_info import DynamicSizeError, TensorInfo, check_runs
 
 #: Ops whose outputs carry no gradient (shapes, indices, comparisons).
 NON_DIFFERENTIABLE = {
     "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not",
     "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range", "IsNaN", "IsInf", "Constant", "EyeLike",
 }
-TARGETS = ("logit", "probability")
 MIN_OPSET = 13
 
 
-def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output if out}
 
 
-def resolve_tensor(graph: onnx.GraphProto, name: str) -> str:
-    """Follow Identity nodes back to the tensor that really carries the layer's output."""
-    made_by = producers(graph)
-    while name in made_by and made_by[name].op_type == "Identity":
-        name = made_by[name].input[0]
-    return name
 
 
 def default_layer(model: onnx.ModelProto, logits: str | None = None, info: TensorInfo | None = None) -> str:
@@ -62,27 +63,8 @@ def default_layer(model: onnx.ModelProto, logits: str | None = None, info: Tenso
     return best
 
 
-def image_dependents(graph: onnx.GraphProto) -> set[str]:
-    """Tensors whose value depends on the image input: never weights, Constant outputs, or tensors computed
-    from weights alone."""
-    dep = {i.name for i in data_inputs(graph)}
-    for node in graph.node:
-        if any(i in dep for i in node.input):
-            dep.update(o for o in node.output if o)
-    return dep
 
 
-def ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
-    made_by = producers(graph)
-    seen, stack = set(), [name]
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in made_by:
-            stack.extend(i for i in made_by[t].input if i)
-    return seen
 
 
 def _dependents(graph: onnx.GraphProto, info: TensorInfo, source: str) -> set[str]:
@@ -350,58 +332,5 @@ def _backward(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, source:
     return b.sum(grads[source])
 
 
-def strip_gradients(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` without a previous gradient pass: the plain classifier, ready to re-target."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    if not any(n.name.startswith("onnxcam/") for n in g.node):
-        return out
-    meta: CamMetadata = read_metadata(out)
-    kept = [n for n in g.node if not n.name.startswith("onnxcam/") or n.name.startswith(ADAPTER)]
-    del g.node[:]
-    g.node.extend(kept)
-    used = {i for n in kept for i in n.input}
-    inits = [i for i in g.initializer if not i.name.startswith("onnxcam/") or i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    inputs = [i for i in g.input if i.name != "class_index"]
-    del g.input[:]
-    g.input.extend(inputs)
-    source = meta.provenance.get("logits_tensor")
-    logits_vi = helper.make_tensor_value_info(source or "logits", onnx.TensorProto.FLOAT, None)
-    del g.output[:]
-    g.output.append(logits_vi)
-    return out
 
 
-def head_model(model: onnx.ModelProto, target: str, logits: str) -> onnx.ModelProto:
-    """The part of ``model`` after tensor ``target``: a graph from ``target`` (its only input) to ``logits``.
-
-    Raises when the logits also depend on the image by a path that bypasses ``target``.
-    """
-    graph = model.graph
-    info = TensorInfo(model)
-    made_by = producers(graph)
-    image_inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
-    needed, stack = set(), [logits]
-    while stack:
-        t = stack.pop()
-        if t == target or t in needed:
-            continue
-        if t in image_inputs:
-            raise OnnxcamError(f"the logits depend on the image by a path that bypasses '{target}'; this method "
-                               "needs a layer that all information flows through")
-        needed.add(t)
-        if t in made_by:
-            stack.extend(i for i in made_by[t].input if i)
-    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
-    used = {i for n in nodes for i in n.input}
-    shape = ["N", *info.shape(target)[1:]]
-    head = helper.make_graph(
-        nodes, "head", [helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None)],
-        [i for i in graph.initializer if i.name in used])
-    out = helper.make_model(head, opset_imports=list(model.opset_import))
-    set_ir_version(out)
-    return out

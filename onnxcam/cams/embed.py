@@ -13,20 +13,14 @@ from onnx import helper
 
 from onnxcam.cams import METHODS, finalise_graph, get_method, with_defaults
 from onnxcam.cams.render import overlay_graph, to_uint8_graph
+from onnxcam.core.contract import PREFIX, has_gradients, strip_cams, target_output_names
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
+from onnxcam.core.graph_queries import opset_of
 from onnxcam.core.layout import to_nchw_graph
-from onnxcam.core.metadata import (
-    IMAGENET_PREPROCESSING,
-    has_gradients,
-    read_metadata,
-    target_output_names,
-    write_metadata,
-)
-from onnxcam.core.tensor_info import opset_of
-from onnxcam.runtime.preprocess import check_preprocessing
+from onnxcam.core.metadata import read_metadata, write_metadata
+from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING, check_preprocessing
 
-PREFIX = "onnxcam/cam"
 DTYPES = ("float32", "uint8")
 
 
@@ -136,26 +130,6 @@ def _fuse_graph(b: GraphBuilder, maps: list[str]) -> str:
     return b.op("Where", positive, b.op("Div", mean, b.op("Where", positive, peak, b.const(1.0))), mean)
 
 
-def strip_cams(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` without embedded CAMs (nodes, constants, outputs and metadata)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    kept = [n for n in g.node if not n.name.startswith(PREFIX + "/")]
-    if len(kept) != len(g.node):
-        del g.node[:]
-        g.node.extend(kept)
-        inits = [i for i in g.initializer if not i.name.startswith(PREFIX + "/")]
-        del g.initializer[:]
-        g.initializer.extend(inits)
-        outs = [o for o in g.output if not o.name.startswith(("cam_", "overlay_"))]
-        del g.output[:]
-        g.output.extend(outs)
-    meta = read_metadata(out)
-    if meta.cams:
-        meta.cams = None
-        write_metadata(out, meta)
-    return out
 
 
 __all__ = ["check_cams", "embed_cams", "embeddable", "strip_cams"]

@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import onnx
 
-from onnxcam.autodiff.gradients import TARGETS, default_layer, fix_model_input, producers, strip_gradients
+from onnxcam.autodiff.gradients import default_layer, fix_model_input
 from onnxcam.classifier.scores import find_score
 from onnxcam.classifier.torch_names import module_tensor
+from onnxcam.core.contract import TARGETS, strip_gradients
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.core.metadata import IMAGENET_PREPROCESSING, read_metadata, write_metadata
+from onnxcam.core.graph_queries import producers
+from onnxcam.core.metadata import read_metadata, write_metadata
+from onnxcam.core.model_io import write_model
+from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING, check_preprocessing
 from onnxcam.core.tensor_info import TensorInfo, check_runs
-from onnxcam.runtime.preprocess import check_preprocessing
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
@@ -114,7 +115,7 @@ def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_
     meta.provenance.setdefault("source_framework", model.producer_name or "onnx")
     meta.provenance["annotated_from"] = src.name
     write_metadata(model, meta)
-    _write_atomic(model, dst, src.parent, externals)
+    write_model(model, dst, externals=externals, source_folder=src.parent)
     return {"input_size": meta.input_size, "input_layout": meta.input_layout, "output_kind": meta.output_kind,
             "preprocessing": meta.preprocessing, "labels": len(meta.labels or []), "target": meta.target,
             "layer": layer}
@@ -133,38 +134,5 @@ def _checked_model(src: pathlib.Path, model: onnx.ModelProto, externals: list[st
     return full
 
 
-def write_model(model: onnx.ModelProto, dst: str | os.PathLike) -> None:
-    """Write a self-contained ``model`` to ``dst`` atomically (a temporary file, then a rename)."""
-    _write_atomic(model, pathlib.Path(dst), pathlib.Path("."), [])
 
 
-def _write_atomic(model: onnx.ModelProto, dst: pathlib.Path, src_dir: pathlib.Path, externals: list[str]) -> None:
-    """Write ``model`` to ``dst`` via a temporary file and a rename; copy its external data files next to
-    it when ``dst`` is in another folder (the references stay relative, the weights unchanged)."""
-    folder = dst.parent if str(dst.parent) else pathlib.Path(".")
-    tmp_name, copied = None, []
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in externals:
-            target = folder / name
-            if target.resolve() != (src_dir / name).resolve():
-                tmp = target.with_name(f".{target.name}.partial")
-                shutil.copyfile(src_dir / name, tmp)
-                copied.append((tmp, target))
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        for tmp, target in copied:
-            tmp.replace(target)
-        os.replace(tmp_name, dst)
-    except BaseException as exc:
-        if tmp_name is not None:
-            pathlib.Path(tmp_name).unlink(missing_ok=True)
-        for tmp, _ in copied:
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OnnxcamError(f"could not write '{dst}' ({exc.strerror}); choose another -o") from None
-        raise

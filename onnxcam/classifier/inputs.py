@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from onnxcam.core.contract import ADAPTER
 from onnxcam.core.errors import OnnxcamError
+from onnxcam.core.graph_queries import data_inputs, rename_everywhere
 
 INPUT_LAYOUTS = ("NCHW", "NHWC")
 CHANNELS = (1, 3)
-#: Nodes named with this prefix adapt the model to onnxcam's contract; ``strip_gradients`` keeps them.
-ADAPTER = "onnxcam/adapter/"
 
 Dim = int | None
 
@@ -62,10 +62,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def data_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs that are not initializers."""
-    init_names = {i.name for i in graph.initializer}
-    return [i for i in graph.input if i.name not in init_names]
 
 
 def image_input(model: onnx.ModelProto, layout: str | None = None) -> ImageInput:
@@ -150,12 +146,3 @@ def fix_input(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = No
     return out, ImageInput(found.name, source_dims, found.layout, found.detected, list(found.size) != size)
 
 
-def rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
-    if old == new:
-        return
-    for node in graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        node.output[:] = [new if o == old else o for o in node.output]
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if vi.name == old:
-            vi.name = new

@@ -6,17 +6,10 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxcam.autodiff.gradients import (
-    ancestors,
-    default_layer,
-    fix_model_input,
-    image_dependents,
-    path_nodes,
-    producers,
-    strip_gradients,
-)
+from onnxcam.autodiff.gradients import default_layer, fix_model_input, path_nodes
 from onnxcam.autodiff.rules import RULES
-from onnxcam.classifier.inputs import ADAPTER
+from onnxcam.core.contract import ADAPTER, strip_gradients
+from onnxcam.core.graph_queries import ancestors, image_dependents, producers
 from onnxcam.core.metadata import read_metadata
 from onnxcam.core.tensor_info import TensorInfo
 

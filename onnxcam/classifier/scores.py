@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from onnxcam.classifier.inputs import ADAPTER
+from onnxcam.core.contract import ADAPTER
 from onnxcam.core.tensor_info import TensorInfo
 
 #: Output kinds recorded in the metadata (``output_kind``) and what turns the score into probabilities.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
-from onnxcam.autodiff.gradients import default_layer, fix_model_input, strip_gradients
+from onnxcam.autodiff.gradients import default_layer, fix_model_input
 from onnxcam.classifier.inputs import image_input
 from onnxcam.classifier.scores import find_score
-from onnxcam.core.metadata import IMAGENET_PREPROCESSING, has_gradients, read_metadata
+from onnxcam.core.contract import has_gradients, strip_gradients
+from onnxcam.core.metadata import read_metadata
+from onnxcam.core.model_io import load_model
+from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING
 from onnxcam.core.tensor_info import TensorInfo
-from onnxcam.runtime.explainer import load_model
 
 SCORE_NOTE = {
     "logits": "class scores (logits): explained as they are",

@@ -250,9 +250,8 @@ def embed(model: str, cams: str, cam_options: str | None, cam_dtype: str, overla
     """Write a copy of MODEL that outputs the finished maps cam_<method> ([N,H,W] at the input resolution,
     in [0,1]) for any ONNX runtime: no Python needed to get the explanation."""
     from onnxcam.cams.embed import embed_cams
-    from onnxcam.classifier.annotate import write_model
     from onnxcam.core.metadata import read_metadata
-    from onnxcam.runtime.explainer import load_model
+    from onnxcam.core.model_io import load_model, write_model
 
     methods = _method_list(cams)
     options = _cam_options(cam_options, methods)
@@ -371,7 +370,7 @@ def layers(model: str, input_size: str | None, input_layout: str | None) -> None
     the logits), whether gradients reach each one, and the default (*)."""
     from onnxcam.classifier.layers import candidate_layers
     from onnxcam.core.metadata import read_metadata
-    from onnxcam.runtime.explainer import load_model
+    from onnxcam.core.model_io import load_model
 
     proto = load_model(model)
     meta = read_metadata(proto)

@@ -15,15 +15,6 @@ import onnx
 FORMAT_VERSION = 1
 KEY_PREFIX = "onnxcam."
 
-#: Preprocessing used when a plain classifier carries none: resize to the input size, ImageNet statistics.
-IMAGENET_PREPROCESSING: dict[str, Any] = {
-    "resize": None,
-    "crop": None,
-    "scale": 1 / 255,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "channel_order": "RGB",
-}
 
 
 @dataclass
@@ -82,17 +73,8 @@ def write_metadata(model: onnx.ModelProto, meta: CamMetadata) -> None:
             model.metadata_props.add(key=KEY_PREFIX + name, value=json.dumps(value))
 
 
-def target_output_names(count: int) -> list[tuple[str, str]]:
-    """The (activations, gradients) output names for ``count`` target layers: suffixed ``_i`` when several."""
-    if count == 1:
-        return [("activations", "gradients")]
-    return [(f"activations_{i}", f"gradients_{i}") for i in range(count)]
 
 
-def has_gradients(model: onnx.ModelProto) -> bool:
-    """True when ``model`` already follows the onnxcam contract (outputs ``logits`` and ``gradients``)."""
-    names = {o.name for o in model.graph.output}
-    return "logits" in names and ("gradients" in names or "gradients_0" in names)
 
 
 def class_probabilities(logits: np.ndarray, kind: str | None) -> np.ndarray:

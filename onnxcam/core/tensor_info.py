@@ -11,10 +11,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
+from onnxcam.core.graph_builder import set_ir_version
 
-__all__ = ["GraphBuilder", "set_ir_version", "TensorInfo", "DynamicSizeError", "check_runs", "opset_of",
-           "attributes", "Shape"]
+__all__ = ["DynamicSizeError", "Shape", "TensorInfo", "check_runs"]
 
 #: A static shape with ``None`` for a dynamic (batch) dimension.
 Shape = tuple[int | None, ...]
@@ -22,21 +21,8 @@ Shape = tuple[int | None, ...]
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
-def attributes(node: onnx.NodeProto) -> dict:
-    """The node's attributes as Python values (bytes decoded to str)."""
-    out = {}
-    for a in node.attribute:
-        value = helper.get_attribute_value(a)
-        out[a.name] = value.decode() if isinstance(value, bytes) else value
-    return out
 
 
-def opset_of(model: onnx.ModelProto) -> int:
-    """The model's default-domain opset version."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    raise OnnxcamError("the model imports no default ONNX opset; is it an ONNX classifier?")
 
 
 class DynamicSizeError(OnnxcamError):
@@ -91,7 +77,7 @@ class TensorInfo:
         return self.constants[name]
 
     def _evaluate(self, name: str, batch: int, fill: float) -> np.ndarray:
-        from onnxcam.runtime.session import onnxruntime
+        from onnxcam.core.ort import onnxruntime
 
         ort = onnxruntime()
 
@@ -127,7 +113,7 @@ class TensorInfo:
             self.shapes.get(n) is None or None in self.shapes[n][1:] or self.types.get(n) is None)]
         if not missing:
             return
-        from onnxcam.runtime.session import onnxruntime
+        from onnxcam.core.ort import onnxruntime
 
         ort = onnxruntime()
 
@@ -161,7 +147,7 @@ class TensorInfo:
 
 def check_runs(model: onnx.ModelProto, output: str) -> None:
     """Run ``model`` once at batch 1 up to ``output``: a fixed input size the model cannot take fails here."""
-    from onnxcam.runtime.session import onnxruntime
+    from onnxcam.core.ort import onnxruntime
 
     ort = onnxruntime()
 
@@ -185,7 +171,7 @@ def _runs_at_input_size(model: onnx.ModelProto) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - ORT's own exception types
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        from onnxcam.runtime.session import ort_message
+        from onnxcam.core.ort import ort_message
 
         inp = model.graph.input[0]
         dims = "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in inp.type.tensor_type.shape.dim)

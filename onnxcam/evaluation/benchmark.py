@@ -120,7 +120,7 @@ def postprocess_peak_mb(method: str, activations: np.ndarray, gradients: np.ndar
 def forward_floor(explainer: Explainer) -> Runner:
     """(a): ONNX Runtime running the plain classifier (gradient outputs stripped), on the explainer's
     providers and session options; returns a function of the preprocessed batch."""
-    from onnxcam.autodiff.gradients import strip_gradients
+    from onnxcam.core.contract import strip_gradients
     from onnxcam.core.graph_builder import set_ir_version
     from onnxcam.runtime.session import create_session
 

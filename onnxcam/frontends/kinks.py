@@ -12,8 +12,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxcam.autodiff.gradients import path_nodes, strip_gradients
-from onnxcam.core.tensor_info import TensorInfo, attributes, set_ir_version
+from onnxcam.autodiff.gradients import path_nodes
+from onnxcam.core.contract import strip_gradients
+from onnxcam.core.graph_builder import set_ir_version
+from onnxcam.core.graph_queries import attributes
+from onnxcam.core.tensor_info import TensorInfo
 
 
 def _kinks(node: onnx.NodeProto, info: TensorInfo) -> list[float]:

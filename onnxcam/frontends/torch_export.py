@@ -18,14 +18,10 @@ import numpy as np
 import onnx
 
 from onnxcam.autodiff.gradients import add_gradients
+from onnxcam.core.contract import target_output_names
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.core.metadata import (
-    IMAGENET_PREPROCESSING,
-    CamMetadata,
-    read_metadata,
-    target_output_names,
-    write_metadata,
-)
+from onnxcam.core.metadata import CamMetadata, read_metadata, write_metadata
+from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING
 from onnxcam.core.version import __version__
 
 DEFAULT_OPSET = 17
@@ -270,7 +266,7 @@ def export_torch(
     if parity.images < 2:
         raise OnnxcamError(f"gradient check inconclusive: {parity.flips} of 4 probe images hold values within float32 "
                            "rounding of a ReLU kink; nothing was written")
-    from onnxcam.classifier.annotate import write_model
+    from onnxcam.core.model_io import write_model
 
     write_model(result, path)
     return path

@@ -22,8 +22,8 @@ def run_settings(explainer: Explainer, model: str | os.PathLike, *, method: str,
                  formats: Sequence[str], alpha: float, colormap: str, method_options: dict[str, Any] | None = None,
                  batch_size: int = 16, engine: str = "local", device: str = "auto") -> dict[str, Any]:
     """What ``summary.json`` records about a run (and what ``--resume`` checks)."""
+    from onnxcam.core.model_io import file_sha256
     from onnxcam.core.version import __version__
-    from onnxcam.runs.records import file_sha256
 
     providers = explainer.providers if engine == "local" else None  # Ray: each actor's, from ``device``
     return {"onnxcam_version": __version__, "model": str(model), "model_sha256": file_sha256(model),

@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +16,13 @@ import numpy as np
 
 from onnxcam.cams.render import encode_npy, encode_png, overlay, upscale
 from onnxcam.core.errors import OnnxcamError
+from onnxcam.core.model_io import PARTIAL, write_atomic
 from onnxcam.runtime.stream import ImageResult
 
 #: artefact formats: overlay PNG, the map as .npy (float32 [H,W] in [0,1]), the map as a 16-bit grey PNG
 FORMATS = ("overlay", "npy", "png16")
 SUFFIXES = {"overlay": ".png", "npy": ".npy", "png16": ".map.png"}
 MANIFEST, ERRORS, SUMMARY = "manifest.jsonl", "errors.jsonl", "summary.json"
-PARTIAL = ".onnxcam-partial"
 #: options a resumed run must share with the run it finishes
 RESUME_KEYS = ("model_sha256", "method", "method_options", "class", "layer", "formats", "alpha", "colormap",
                "input_size", "input_layout", "preprocessing")
@@ -72,27 +71,8 @@ def image_record(result: ImageResult, key: str, files: dict[str, str]) -> dict[s
             "ms": round(result.seconds * 1000, 3)}
 
 
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it: ``path`` is whole or absent."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RunFolder:

@@ -4,8 +4,9 @@ from onnxcam.cams import METHODS
 from onnxcam.cams.render import overlay
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.metadata import CamMetadata, read_metadata
+from onnxcam.core.model_io import load_model
 from onnxcam.core.version import __version__
-from onnxcam.runtime.explainer import Explainer, Explanation, load_model
+from onnxcam.runtime.explainer import Explainer, Explanation
 from onnxcam.runtime.stream import ImageResult
 
 __all__ = ["METHODS", "CamMetadata", "Explainer", "Explanation", "ImageResult", "OnnxcamError", "__version__",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,23 +13,18 @@ import onnx
 
 from onnxcam.cams import check_options, finalise, get_method, with_defaults
 from onnxcam.cams.context import CAMContext
+from onnxcam.core.contract import has_gradients, target_output_names
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.layout import to_nchw
-from onnxcam.core.metadata import (
-    IMAGENET_PREPROCESSING,
-    CamMetadata,
-    class_probabilities,
-    has_gradients,
-    read_metadata,
-    target_output_names,
-)
-from onnxcam.runtime.preprocess import as_rgb, check_preprocessing, load_image, model_view, normalise
+from onnxcam.core.metadata import CamMetadata, class_probabilities, read_metadata
+from onnxcam.core.model_io import ModelSource, load_model
+from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING, check_preprocessing
+from onnxcam.runtime.preprocess import as_rgb, load_image, model_view, normalise
 from onnxcam.runtime.session import create_session, run
 
 if TYPE_CHECKING:
     from onnxcam.runtime.stream import ImageResult
 
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 ImageInput = str | os.PathLike | np.ndarray
 
 
@@ -54,28 +48,6 @@ class Explanation:
         return self.probabilities[np.arange(len(self.class_index)), self.class_index]
 
 
-def load_model(model: ModelSource) -> onnx.ModelProto:
-    """Read an ONNX model from a path, bytes or a ModelProto, with one-line errors."""
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, bytes):
-        data, where = model, "the given bytes"
-    else:
-        p = pathlib.Path(model)
-        if not p.is_file():
-            raise OnnxcamError(f"model '{p}' does not exist; check the path")
-        data, where = p.read_bytes(), f"'{p}'"
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception:  # noqa: BLE001 - protobuf raises several types
-        proto = None
-    if proto is None or not proto.graph.node:
-        raise OnnxcamError(f"{where} is not an ONNX model; pass a .onnx file (export one with `onnxcam export`)")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        if isinstance(model, bytes):
-            raise OnnxcamError("the model keeps its weights in external data files; pass its path instead of bytes")
-        onnx.load_external_data_for_model(proto, str(pathlib.Path(model).parent))
-    return proto
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -197,7 +169,7 @@ class Explainer:
         """The logit (or softmax probability) of ``class_index`` for each image of a preprocessed batch,
         from forward passes only, ``batch_size`` images at a time."""
         if self._forward_session is None:
-            from onnxcam.autodiff.gradients import strip_gradients
+            from onnxcam.core.contract import strip_gradients
 
             self._forward_session = self._sub_session(strip_gradients(self.model))
         return self._class_scores(self._forward_session, batch, class_index, probability)
@@ -214,7 +186,8 @@ class Explainer:
             raise OnnxcamError("this method needs the head after the layer, which is not supported for token layers "
                                "yet; use a gradient-based method")
         if layer not in self._head_sessions:
-            from onnxcam.autodiff.gradients import head_model, strip_gradients
+            from onnxcam.core.contract import strip_gradients
+            from onnxcam.core.graph_queries import head_model
 
             forward = strip_gradients(self.model)
             head = head_model(forward, self.metadata.target_tensors[layer], forward.graph.output[0].name)

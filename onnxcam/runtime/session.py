@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from onnxcam.core.errors import OnnxcamError, ProviderError
+from onnxcam.core.ort import onnxruntime, ort_message
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -15,15 +16,6 @@ DEVICES = ("auto", "cuda", "cpu")
 OPTIMISATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or an error that says how to install it."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise OnnxcamError("ONNX Runtime is not installed; run `pip install onnxcam[cpu]` "
-                           "(or onnxcam[gpu] on a machine with an NVIDIA GPU)") from None
-    ort.set_default_logger_severity(3)  # errors only: e.g. paddle2onnx files make ORT warn about unused Constants
-    return ort
 
 
 EXECUTION_MODES = ("sequential", "parallel")
@@ -131,10 +123,6 @@ def run(session: Any, feeds: dict[str, np.ndarray], *, io_binding: bool | None =
                            "them, or a batch of exactly that shape and type") from None
 
 
-def ort_message(exc: BaseException) -> str:
-    """The useful first line of an ONNX Runtime error, without its ``[ONNXRuntimeError] : 2 : ...`` prefix."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.rsplit(" : ", 1)[-1].strip()
 
 
 def expected_inputs(session: Any) -> str:

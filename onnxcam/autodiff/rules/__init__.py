@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 
 from onnxcam.core.errors import UnsupportedOpError
-from onnxcam.core.tensor_info import GraphBuilder, Shape, TensorInfo, attributes
+from onnxcam.core.graph_builder import GraphBuilder
+from onnxcam.core.graph_queries import attributes
+from onnxcam.core.tensor_info import Shape, TensorInfo
 
 Grads = list[str | None]
 
