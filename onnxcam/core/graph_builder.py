@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,23 +38,27 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = itertools.count()
-        self._consts: dict[tuple, str] = {}
-        self._memo: dict[tuple, str] = {}
+        self._consts: dict[tuple[Any, ...], str] = {}
+        self._memo: dict[tuple[Any, ...], str] = {}
 
     def name(self, hint: str) -> str:
         """A fresh tensor or node name."""
         return f"{self.prefix}/{hint}_{next(self._count)}"
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
-        """Emit ``op_type(inputs, **attrs)``; returns the output name (a list when ``outputs > 1``)."""
+    def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
+        """Emit ``op_type(inputs, **attrs)``; returns the name of its one output."""
+        return self.ops(op_type, *inputs, outputs=1, **attrs)[0]
+
+    def ops(self, op_type: str, *inputs: str, outputs: int, **attrs: Any) -> list[str]:
+        """Emit ``op_type(inputs, **attrs)`` with ``outputs`` outputs (TopK, Split, …); returns their names."""
         node_name = self.name(op_type)
         outs = [f"{node_name}:{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
-        return outs[0] if outputs == 1 else outs
+        return outs
 
     def const(self, value: float | Sequence | np.ndarray, dtype: type = np.float32) -> str:
         """A constant tensor (an initializer), shared between identical values."""
-        arr = np.asarray(value, dtype=dtype)
+        arr: np.ndarray = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._consts:
             name = self.name("const")

@@ -167,7 +167,7 @@ def max_pool(v: VJP) -> Grads:
     if v.opset < 16:
         raise v.fail("needs opset >= 16 (ScatterElements with reduction=add); re-export with opset 17")
     b = v.b
-    _, idx = b.op("MaxPool", v.x, outputs=2, **{k: a for k, a in v.attrs.items() if k != "storage_order"})
+    _, idx = b.ops("MaxPool", v.x, outputs=2, **{k: a for k, a in v.attrs.items() if k != "storage_order"})
     flat = b.ints([-1])
     zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", v.x), flat))
     scattered = b.op("ScatterElements", zeros, b.op("Reshape", idx, flat), b.op("Reshape", v.g, flat),

@@ -92,10 +92,10 @@ def _pair_percentile(b: GraphBuilder, pairs: str, count: str) -> str:
     two_ = b.const(2, np.int64)
     k1 = b.op("Div", lo, two_)
     k2 = b.op("Div", b.op("Add", lo, b.const(1, np.int64)), two_)
-    smallest = b.op("TopK", pairs, b.op("Reshape", b.op("Add", k2, b.const(1, np.int64)), b.ints([1])), outputs=2,
+    smallest = b.ops("TopK", pairs, b.op("Reshape", b.op("Add", k2, b.const(1, np.int64)), b.ints([1])), outputs=2,
                     largest=0, sorted=0)[0]
     padded = b.op("Concat", smallest, b.const([-1.0], np.float64), axis=0)
-    two = b.op("TopK", padded, b.ints([2]), outputs=2, largest=1, sorted=1)[0]  # s[k2], s[k2 − 1]
+    two = b.ops("TopK", padded, b.ints([2]), outputs=2, largest=1, sorted=1)[0]  # s[k2], s[k2 − 1]
     high = b.op("Gather", two, b.const(0, np.int64))
     low = b.op("Where", b.op("Equal", k1, k2), high, b.op("Gather", two, b.const(1, np.int64)))
     diff = b.op("Sub", high, low)

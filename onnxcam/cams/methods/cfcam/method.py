@@ -360,7 +360,7 @@ def _image_graph(b: GraphBuilder, a: str, g: str, shape: tuple[int, int, int], s
     f = b.op("Reshape", a, b.ints([c, h * w]))
     grads = b.op("Reshape", g, b.ints([c, h * w]))
     norms = b.op("Sqrt", b.reduce("ReduceSumSquare", f, [1], keepdims=False))
-    ascending = b.op("TopK", norms, b.ints([c]), outputs=2, largest=0, sorted=1)[0]
+    ascending = b.ops("TopK", norms, b.ints([c]), outputs=2, largest=0, sorted=1)[0]
     position = 0.75 * (c - 1)  # np.percentile(norms, 75), linear
     lo = int(np.floor(position))
     first, second = (b.op("Gather", ascending, b.const(k, np.int64)) for k in (lo, min(lo + 1, c - 1)))
