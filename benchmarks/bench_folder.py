@@ -12,7 +12,7 @@ a short side of 240–480) in a temporary folder. Timed, alternately, over ``--r
 - **local**: ``explain_to_folder`` — what ``onnxcam explain FOLDER --method gradcam --format npy`` runs after
   loading the model: streaming decode, the gradient graph, Grad-CAM, each map written atomically as .npy and its
   manifest line appended and flushed;
-- **ray** (with ``--engine ray``): ``onnxcam.ray.explain_sources`` on a local Ray with ``--workers`` actors.
+- **ray** (with ``--engine ray``): ``onnxcam.runs.ray_engine.explain_sources`` on a local Ray with ``--workers`` actors.
 
 It prints images/s of each and the ratio run/floor (the median over the rounds), then the peak resident memory
 (VmHWM of the child) of ``onnxcam explain`` as a subprocess on the first 50 images and on all of them.
@@ -37,12 +37,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxcam.evaluation.benchmark import forward_floor, machine  # noqa: E402
+from onnxcam.runs.config import RunConfig, run_settings  # noqa: E402
 from onnxcam.runs.image_paths import collect_images  # noqa: E402
-from onnxcam.runs.local import explain_to_folder, run_settings  # noqa: E402
+from onnxcam.runs.local import explain_to_folder  # noqa: E402
+from onnxcam.runs.ray_engine import explain_sources  # noqa: E402
 from onnxcam.runs.records import RunFolder  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
 from onnxcam.runtime.session import session_options  # noqa: E402
-from onnxcam.runtime.stream import _prepare, default_workers  # noqa: E402
+from onnxcam.runtime.stream import default_workers, prepare_image  # noqa: E402
 from sample_models.photos import photographs  # noqa: E402
 
 
@@ -83,7 +85,7 @@ def floor_run(explainer: Explainer, paths: list[str], batch_size: int, workers: 
                 path = next(source, None)
                 if path is None:
                     break
-                pending.append(pool.submit(_prepare, explainer, path))
+                pending.append(pool.submit(prepare_image, explainer, path))
             if not pending:
                 break
             batch.append(pending.popleft().result()[0])
@@ -96,27 +98,23 @@ def floor_run(explainer: Explainer, paths: list[str], batch_size: int, workers: 
 
 def local_run(explainer: Explainer, model: pathlib.Path, sources: list, out: pathlib.Path, batch_size: int,
               workers: int) -> int:
-    settings = run_settings(explainer, model, method="gradcam", class_index=None, formats=["npy"], alpha=0.5,
-                            colormap="jet", batch_size=batch_size)
-    folder = RunFolder(out, settings)
+    config = RunConfig(model=str(model), output=str(out), method="gradcam", formats=("npy",), batch_size=batch_size,
+                       workers=workers).checked()
+    folder = RunFolder(out, run_settings(explainer, config, None))
     try:
-        explain_to_folder(explainer, sources, folder, method="gradcam", formats=["npy"], batch_size=batch_size,
-                          workers=workers)
+        explain_to_folder(explainer, config, sources, folder)
     finally:
         folder.close()
     return folder.explained
 
 
 def ray_run(model: pathlib.Path, sources: list, out: pathlib.Path, batch_size: int, workers: int) -> int:
-    from onnxcam.ray import explain_sources
-
     explainer = Explainer(model, providers="cpu")
-    settings = run_settings(explainer, model, method="gradcam", class_index=None, formats=["npy"], alpha=0.5,
-                            colormap="jet", batch_size=batch_size, engine="ray")
-    folder = RunFolder(out, settings)
+    config = RunConfig(model=str(model), output=str(out), method="gradcam", formats=("npy",), batch_size=batch_size,
+                       workers=workers, engine="ray", device="cpu", threads=1).checked()
+    folder = RunFolder(out, run_settings(explainer, config, None))
     try:
-        explain_sources(model, sources, folder, method="gradcam", formats=["npy"], batch_size=batch_size,
-                        workers=workers, threads=1)
+        explain_sources(config, sources, folder)
     finally:
         folder.close()
     return folder.explained

@@ -219,7 +219,7 @@ def _layout(model: Any, layer: str, size: int) -> str:
     that fail before the metadata is written)."""
     import torch
 
-    from onnxcam.classifier.layout_inference import infer_layout
+    from onnxcam.core.layout import infer_layout
 
     shapes = []
     handle = model.get_submodule(layer).register_forward_hook(
@@ -277,7 +277,7 @@ def run_case(case: Case, workdir: str | os.PathLike | None = None) -> dict[str, 
 
     from onnxcam.core.metadata import read_metadata
     from onnxcam.exporter import export_torch
-    from onnxcam.frontends.torch_export import PARITY_TOLERANCE, check_parity
+    from onnxcam.frontends.torch_parity import PARITY_TOLERANCE, check_parity
 
     row: dict[str, Any] = {"model": case.name, "family": case.family, "input": case.size, "layer": "—",
                            "layout": "—", "error": None, "result": "fail", "reason": "", "note": case.note}

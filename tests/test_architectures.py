@@ -18,7 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from onnxcam.core.metadata import read_metadata  # noqa: E402
 from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.frontends.torch_export import check_parity  # noqa: E402
+from onnxcam.frontends.torch_parity import check_parity  # noqa: E402
 
 CASES = {  # model: (input size, last stage, earlier stage)
     "resnet18": (64, "layer4", "layer2"),

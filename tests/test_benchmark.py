@@ -1,4 +1,4 @@
-"""The benchmark machinery (runtime/benchmark.py), `onnxcam bench` and a smoke run of benchmarks/bench_cam.py.
+"""The benchmark machinery (evaluation/benchmark.py), `onnxcam bench` and a smoke run of benchmarks/bench_cam.py.
 
 No test here asserts a time: timings belong to the benchmark script. These check that the figures are
 computed from the right runs, that the memory probe sees an allocation, and that the commands work.

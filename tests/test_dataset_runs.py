@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onnxcam.cli.explain_run import EXIT_IMAGES_FAILED, EXIT_INTERRUPTED
+from onnxcam.cli.commands.explain import EXIT_IMAGES_FAILED, EXIT_INTERRUPTED
 from onnxcam.cli.main import main
 from onnxcam.runs.image_paths import collect_images
 from onnxcam.runtime import Explainer

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam.cli.main import main
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.exporter import add_gradients, candidate_layers
-from onnxcam.frontends.torch_export import relative_error
+from onnxcam.frontends.torch_parity import relative_error
 from onnxcam.runtime import Explainer
 from tests.conftest import ROOT
 
@@ -94,7 +94,7 @@ def torch_inputs() -> list[np.ndarray]:
 
 def torch_errors(model, explainer: Explainer, module: str) -> list[dict[str, float]]:
     """Per batch of :func:`torch_inputs`: relative errors of logits, activations and gradients vs torch."""
-    from onnxcam.frontends.torch_export import torch_gradients
+    from onnxcam.frontends.torch_parity import torch_gradients
 
     errors = []
     for x in torch_inputs():
@@ -115,7 +115,7 @@ def test_torch_dynamic_explainer_matches_autograd(torch_dynamic, module):
 
 
 def test_torch_dynamic_add_gradients_at_two_layers(torch_dynamic):
-    from onnxcam.frontends.torch_export import check_parity
+    from onnxcam.frontends.torch_parity import check_parity
 
     model, path = torch_dynamic
     proto = onnx.load(path)

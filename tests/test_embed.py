@@ -1,6 +1,6 @@
 """Embedded CAMs: each method's graph form against its numpy form, and ``onnxcam embed`` on the sample model.
 
-A method with a graph form (``runtime/methods/<method>.py``, ``@graph_form``) is checked here automatically:
+A method with a graph form (``onnxcam/cams/methods/<method>.py``, ``@graph_form``) is checked here automatically:
 on random tensors and on edge cases (all-zero activations, a constant map, channels that cancel), the raw
 maps and the finished ``[N,H,W]`` maps of both forms agree.
 """
@@ -37,7 +37,7 @@ def run_graph_form(method: str, a: np.ndarray, g: np.ndarray, size: tuple[int, i
     """(raw maps, finished maps) of ``method``'s graph form on ``a``, ``g`` in ONNX Runtime."""
     spec = METHODS[method]
     b = GraphBuilder("t", opset=opset)
-    raw = spec.build(b, "A", "G", a.shape[1:], **options)
+    raw = spec.graph(b, "A", "G", a.shape[1:], options)
     done = finalise_graph(b, raw, size, spec.normalise)
     b.nodes += [helper.make_node("Identity", [raw], ["raw"]), helper.make_node("Identity", [done], ["cam"])]
     f = onnx.TensorProto.FLOAT
@@ -73,7 +73,7 @@ def _cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
 def test_graph_form_equals_numpy_form(method, case, a, g):
     spec = METHODS[method]
     raw, maps = run_graph_form(method, a, g, (40, 56))
-    expected_raw = spec.compute(a, g)
+    expected_raw = spec(a, g)
     expected = finalise(expected_raw, (40, 56), spec.normalise)
     assert raw.shape == expected_raw.shape and maps.shape == expected.shape == (len(a), 40, 56)
     assert np.isfinite(maps).all()
@@ -88,8 +88,8 @@ def test_graph_form_takes_the_method_options():
     a = np.maximum(rng.standard_normal((2, 16, 6, 6)), 0).astype(np.float32)
     g = (rng.standard_normal(a.shape) * 1e-3).astype(np.float32)
     raw, _ = run_graph_form("gradcampp", a, g, (12, 12), eps=0.0)
-    np.testing.assert_allclose(raw, METHODS["gradcampp"].compute(a, g, eps=0.0), rtol=1e-6, atol=1e-12)
-    assert np.abs(raw - METHODS["gradcampp"].compute(a, g)).max() > 1e-3 * np.abs(raw).max()  # eps matters here
+    np.testing.assert_allclose(raw, METHODS["gradcampp"](a, g, eps=0.0), rtol=1e-6, atol=1e-12)
+    assert np.abs(raw - METHODS["gradcampp"](a, g)).max() > 1e-3 * np.abs(raw).max()  # eps matters here
     with pytest.raises(OnnxcamError, match="eps"):
         run_graph_form("gradcampp", a, g, (12, 12), eps=-1.0)
 
@@ -100,7 +100,7 @@ def test_graph_forms_at_opset_18_take_axes_as_inputs():
     g = rng.standard_normal(a.shape).astype(np.float32)
     for method in embeddable():
         _, maps = run_graph_form(method, a, g, (12, 12), opset=18)
-        expected = finalise(METHODS[method].compute(a, g), (12, 12), METHODS[method].normalise)
+        expected = finalise(METHODS[method](a, g), (12, 12), METHODS[method].normalise)
         assert np.abs(maps - expected).max() <= 1e-4, method
 
 

@@ -11,7 +11,7 @@ from onnxcam.classifier.torch_names import scope_of
 from onnxcam.cli.main import main
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.exporter import candidate_layers, export_torch
-from onnxcam.frontends.torch_export import torch_gradients
+from onnxcam.frontends.torch_parity import torch_gradients
 from onnxcam.runtime import Explainer
 
 torch = pytest.importorskip("torch")

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
 from onnxcam.cams import (
     METHODS,
+    CAMContext,
     CAMMethod,
+    NoOptions,
+    Options,
     check_options,
     finalise,
     get_method,
     register,
+    with_defaults,
 )
 from onnxcam.cams.base import check_pair
 from onnxcam.core.errors import OnnxcamError
@@ -21,11 +27,46 @@ def test_builtin_methods_are_registered() -> None:
     assert {"gradcam", "cfcam"} <= set(METHODS)
     grad = get_method("gradcam")
     assert isinstance(grad, CAMMethod)
-    assert grad.name == "gradcam" and grad.normalise == "minmax" and grad.options == ()
+    assert grad.name == "gradcam" and grad.normalise == "minmax" and grad.option_names == ()
+    assert grad.options is NoOptions
     cf = get_method("cfcam")
     assert cf.normalise == "max"
-    assert cf.options == ("filter", "sigma", "weighting", "drop_noise", "mode")
+    assert cf.option_names == ("filter", "sigma", "weighting", "drop_noise", "mode")
     assert grad.description and cf.description
+
+
+# name: (uses_gradients, uses_model, the pytorch-grad-cam 1.5.7 class it matches)
+DECLARED = {
+    "gradcam": (True, False, "GradCAM"),
+    "gradcampp": (True, False, "GradCAMPlusPlus"),
+    "smoothgradcampp": (True, True, None),
+    "xgradcam": (True, False, "XGradCAM"),
+    "layercam": (True, False, "LayerCAM"),
+    "hirescam": (True, False, "HiResCAM"),
+    "normgrad": (True, False, None),
+    "eigencam": (False, False, "EigenCAM"),
+    "eigengradcam": (True, False, "EigenGradCAM"),
+    "scorecam": (False, True, "ScoreCAM"),
+    "ablationcam": (False, True, "AblationCAM"),
+    "cfcam": (True, False, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECLARED))
+def test_every_method_declares_what_it_needs(name: str) -> None:
+    spec = get_method(name)
+    assert (spec.uses_gradients, spec.uses_model, spec.reference) == DECLARED[name]
+    assert issubclass(spec.options, Options)  # the built-in ones derive from Options (any dataclass would do)
+    assert (spec.build is not None) == (not spec.uses_model)  # every method without extra passes embeds
+
+
+def test_methods_without_gradients_ignore_them() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 6, 4, 4), dtype=np.float32)
+    g1, g2 = rng.standard_normal((2, *a.shape)).astype(np.float32)
+    for name, spec in METHODS.items():
+        if not spec.uses_gradients and not spec.uses_model:
+            np.testing.assert_array_equal(spec(a, g1), spec(a, g2), err_msg=name)
 
 
 def test_get_method_unknown_name() -> None:
@@ -49,24 +90,81 @@ def test_check_options_accepts_known_and_rejects_unknown() -> None:
         check_options(get_method("gradcam"), {"sigma": 1.0})
 
 
+@dataclass(frozen=True)
+class OnesOptions(Options):
+    k: int = 1
+    scale: float = 1.0
+    flag: bool = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, int) and self.k < 0:
+            raise OnnxcamError(f"_test_ones option k must be >= 0, got {self.k}")
+
+
 def test_register_adds_a_method_and_rejects_duplicates() -> None:
     try:
 
-        @register("_test_ones", normalise="max", options=("k",), description="all ones")
-        def ones(activations: np.ndarray, gradients: np.ndarray, k: int = 1) -> np.ndarray:
-            return np.ones((activations.shape[0], *activations.shape[2:]), np.float32) * k
+        @register("_test_ones", options=OnesOptions, uses_gradients=False, uses_model=False, normalise="max",
+                  description="all ones")
+        def ones(ctx: CAMContext, options: OnesOptions) -> np.ndarray:
+            a = ctx.activations
+            return np.ones((a.shape[0], *a.shape[2:]), np.float32) * options.k * options.scale
 
         method = get_method("_test_ones")
         assert method.compute is ones  # the decorator returns the function unchanged
-        assert (method.normalise, method.options, method.description) == ("max", ("k",), "all ones")
-        assert method.compute(np.zeros((2, 3, 4, 5)), np.zeros((2, 3, 4, 5)), k=2).shape == (2, 4, 5)
+        assert (method.normalise, method.option_names, method.description) == ("max", ("k", "scale", "flag", "name"),
+                                                                               "all ones")
+        assert (method.uses_gradients, method.uses_model, method.reference, method.build) == (False, False, None, None)
+        z = np.zeros((2, 3, 4, 5))
+        assert method(z, z, k=2).shape == (2, 4, 5) and method(z, z, k=2).max() == 2
+        assert method.run(CAMContext(z, z), OnesOptions(k=3)).max() == 3
+        # types from the fields: a float field takes ints, a bool field only bools, an int field no floats
+        assert method.resolve({"scale": 2}) == OnesOptions(scale=2)
+        for key, value, words in (("flag", 1, "true or false"), ("k", 1.5, "a whole number"),
+                                  ("k", True, "a whole number"), ("scale", "2", "a number"),
+                                  ("name", 3, "a string or null")):
+            with pytest.raises(OnnxcamError) as info:
+                method.resolve({key: value})
+            assert str(info.value) == f"method '_test_ones' option '{key}' must be {words}, got {value!r}"
+        with pytest.raises(OnnxcamError, match="^_test_ones option k must be >= 0, got -1$"):
+            method.resolve({"k": -1})  # the options' own validation
+        with pytest.raises(OnnxcamError, match="does not accept option 'j'; accepted options: k, scale, flag, name"):
+            method(z, z, j=1)
+        with pytest.raises(OnnxcamError, match="cannot be embedded"):
+            method.graph(None, "A", "G", (3, 4, 5))  # type: ignore[arg-type]
+        assert with_defaults(method, {"name": "x", "scale": 2}) == {"k": 1, "scale": 2, "flag": False, "name": "x"}
         with pytest.raises(ValueError, match="already registered"):
-            register("_test_ones")(ones)
+            register("_test_ones", uses_gradients=False, uses_model=False)(ones)
     finally:
         METHODS.pop("_test_ones", None)
     with pytest.raises(ValueError, match="normalise"):
-        register("_test_bad", normalise="sum")  # type: ignore[arg-type]
+        register("_test_bad", uses_gradients=True, uses_model=False, normalise="sum")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="options"):
+        register("_test_bad", options=dict, uses_gradients=True, uses_model=False)
     assert "_test_bad" not in METHODS
+
+
+def test_with_defaults_is_what_embed_records() -> None:
+    assert with_defaults(get_method("gradcampp")) == {"eps": 1e-06}
+    assert with_defaults(get_method("gradcampp"), {"eps": 0}) == {"eps": 0}
+    assert with_defaults(get_method("gradcam"), {}) == {}
+    cf = get_method("cfcam")
+    assert with_defaults(cf) == {} and with_defaults(cf, {"mode": "authors"}) == {"mode": "authors"}
+    assert list(with_defaults(cf, {"mode": "authors", "filter": "bilateral"})) == ["mode", "filter"]  # given order
+    assert with_defaults(get_method("smoothgradcampp")) == {"samples": 8, "sigma": 0.3, "seed": 0}
+    assert with_defaults(get_method("scorecam")) == {}
+
+
+def test_same_options_compares_resolved_options() -> None:
+    cf = get_method("cfcam")
+    assert cf.same_options({}, {"mode": "onnxcam", "filter": "gaussian", "sigma": 1, "weighting": "linear",
+                                "drop_noise": True})
+    assert cf.same_options({"mode": "authors"}, {"mode": "authors", "filter": "bilateral"})
+    assert not cf.same_options({}, {"mode": "authors"})
+    pp = get_method("gradcampp")
+    assert pp.same_options({}, {"eps": 1e-6}) and pp.same_options({"eps": 0}, {"eps": 0.0})
+    assert not pp.same_options({}, {"eps": 0})
 
 
 def test_check_pair_rejects_bad_inputs() -> None:
@@ -149,3 +247,26 @@ def test_methods_do_not_import_torch() -> None:
 
     code = "import sys, onnxcam.cams.methods; sys.exit(int(any(m.split('.')[0] == 'torch' for m in sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_any_frozen_dataclass_can_be_the_options() -> None:
+    @dataclass(frozen=True)
+    class Plain:
+        absolute: bool = False
+
+    try:
+
+        @register("_test_plain", options=Plain, uses_gradients=True)
+        def plain(ctx: CAMContext, options: Plain) -> np.ndarray:
+            g = np.abs(ctx.gradients) if options.absolute else ctx.gradients
+            return np.maximum(g.sum(axis=1), 0).astype(np.float32)
+
+        spec = get_method("_test_plain")
+        assert not spec.uses_model and spec.option_names == ("absolute",)
+        assert spec.resolve({"absolute": True}) == Plain(True) and spec.same_options({}, {"absolute": False})
+        g = -np.ones((1, 2, 3, 3), np.float32)
+        assert spec(g, g).max() == 0 and spec(g, g, absolute=True).max() == 2
+        with pytest.raises(OnnxcamError, match="takes Plain, got NoOptions"):
+            spec.resolve(NoOptions())
+    finally:
+        METHODS.pop("_test_plain", None)

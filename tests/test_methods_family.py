@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 
 from onnxcam.cams import METHODS, finalise, get_method
-from onnxcam.cams.methods.eigencam import eigencam, eigengradcam
-from onnxcam.cams.methods.gradcampp import gradcampp
-from onnxcam.cams.methods.hirescam import hirescam
-from onnxcam.cams.methods.layercam import layercam
-from onnxcam.cams.methods.normgrad import normgrad
-from onnxcam.cams.methods.xgradcam import xgradcam
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.evaluation.torch_baseline import PYTORCH_GRAD_CAM_CLASSES
+
+# the methods as functions of (activations, gradients, **options): CAMMethod.__call__
+eigencam, eigengradcam, gradcampp, hirescam, layercam, normgrad, xgradcam = (
+    METHODS[name] for name in ("eigencam", "eigengradcam", "gradcampp", "hirescam", "layercam", "normgrad", "xgradcam"))
 
 FAMILY = ("gradcampp", "xgradcam", "layercam", "hirescam", "normgrad", "eigencam", "eigengradcam")
 
@@ -53,8 +50,8 @@ def test_family_is_registered() -> None:
     for name in FAMILY:
         method = get_method(name)
         assert method.normalise == "minmax" and method.description
-    assert METHODS["gradcampp"].options == ("eps",)
-    assert all(METHODS[name].options == () for name in FAMILY if name != "gradcampp")
+    assert METHODS["gradcampp"].option_names == ("eps",)
+    assert all(METHODS[name].option_names == () for name in FAMILY if name != "gradcampp")
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -62,11 +59,11 @@ def test_shapes_dtype_and_rejects_mismatch(name: str) -> None:
     rng = np.random.default_rng(0)
     acts = rng.random((3, 4, 5, 6), dtype=np.float32)
     grads = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
-    out = get_method(name).compute(acts, grads)
+    out = get_method(name)(acts, grads)
     assert out.dtype == np.float32 and out.shape == (3, 5, 6)
     assert np.isfinite(out).all() and (out >= 0).all()
     with pytest.raises(OnnxcamError):
-        get_method(name).compute(acts, grads[:, :2])
+        get_method(name)(acts, grads[:, :2])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,8 +257,8 @@ def test_eigencam_constant_features_give_zero_map() -> None:
 
 CLASS = 7
 SIZE = 96
-# the gradient methods of the benchmark's name table (Score-CAM and Ablation-CAM: test_methods_passes.py)
-PAIRS = {ours: theirs for ours, theirs in PYTORCH_GRAD_CAM_CLASSES.items() if ours not in ("scorecam", "ablationcam")}
+# methods with a pytorch-grad-cam reference and no extra passes (Score-CAM, Ablation-CAM: test_methods_passes.py)
+PAIRS = {name: spec.reference for name, spec in METHODS.items() if spec.reference and not spec.uses_model}
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +313,7 @@ def test_agrees_with_pytorch_grad_cam(resnet_case, layer: str, name: str) -> Non
     finally:
         cam.activations_and_grads.release()
     method = get_method(name)
-    ours = finalise(method.compute(acts, grads), (SIZE, SIZE), method.normalise)
+    ours = finalise(method(acts, grads), (SIZE, SIZE), method.normalise)
     assert ours.shape == theirs.shape == (3, SIZE, SIZE)
     for mine, ref in zip(ours, theirs):
         assert mine.std() > 0 and ref.std() > 0

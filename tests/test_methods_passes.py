@@ -3,18 +3,62 @@ pytorch-grad-cam 1.5.7; and several classes per image in one call."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pytest
 
-from onnxcam.cams import METHODS
-from onnxcam.cams.context import CAMContext
+from onnxcam.cams import METHODS, CAMContext
+from onnxcam.core.errors import OnnxcamError
 
 A = np.array([[[[1.0, 0.0], [0.0, 3.0]], [[2.0, 2.0], [0.0, 0.0]]]], np.float32)  # [1, 2, 2, 2]
 X = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)  # a one-channel 2×2 "image"
 
 
+@dataclass
+class HandModel:
+    """ModelAccess from plain functions (a hand-made model)."""
+
+    score_fn: Any = None
+    gradients_fn: Any = None
+    head_fn: Any = None
+    batch_size: int = 1
+
+    def scores(self, batch, class_index):
+        return self.score_fn(batch, class_index)
+
+    def gradients_at(self, batch, class_index):
+        return self.gradients_fn(batch, class_index)
+
+    def head(self, activations, class_index):
+        return self.head_fn(activations, class_index)
+
+
 def context(scores=None, head=None) -> CAMContext:
-    return CAMContext(A, np.zeros_like(A), X, np.array([0]), scores, None, head, batch_size=1)
+    return CAMContext(A, np.zeros_like(A), X, np.array([0]), HandModel(scores, None, head, batch_size=1))
+
+
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "smoothgradcampp"])
+def test_methods_with_extra_passes_need_the_model(name):
+    spec = METHODS[name]
+    assert spec.uses_model
+    with pytest.raises(OnnxcamError, match=f"^method '{name}' needs the model for its extra passes"):
+        spec(A, np.zeros_like(A))
+    with pytest.raises(OnnxcamError, match="needs the model"):
+        spec.run(CAMContext(A, np.zeros_like(A), X, np.array([0])))
+
+
+def test_batch_size_option_is_checked():
+    for name in ("scorecam", "ablationcam"):
+        with pytest.raises(OnnxcamError, match=f"{name} option batch_size must be a whole number >= 1, got 0"):
+            METHODS[name].resolve({"batch_size": 0})
+        with pytest.raises(OnnxcamError, match="batch_size"):
+            METHODS[name].resolve({"batch_size": 2.5})
+    with pytest.raises(OnnxcamError, match="samples must be a whole number >= 1"):
+        METHODS["smoothgradcampp"].resolve({"samples": 0})
+    with pytest.raises(OnnxcamError, match="'seed' must be a whole number, got 1.5"):
+        METHODS["smoothgradcampp"].resolve({"seed": 1.5})
 
 
 def test_scorecam_by_hand():
@@ -29,7 +73,7 @@ def test_scorecam_by_hand():
     s1 = 1 + 2  # 3
     w0, w1 = np.exp(s0) / (np.exp(s0) + np.exp(s1)), np.exp(s1) / (np.exp(s0) + np.exp(s1))
     expected = np.maximum(w0 * A[0, 0] + w1 * A[0, 1], 0)
-    got = METHODS["scorecam"].compute(context(scores=total))
+    got = METHODS["scorecam"].run(context(scores=total))
     np.testing.assert_allclose(got[0], expected, rtol=1e-4)
     assert calls == [1, 1]  # batch_size=1: one masked image per pass
 
@@ -42,8 +86,8 @@ def test_scorecam_scores_constant_channels_once_with_the_zero_image():
         seen.append(batch.copy())
         return batch.sum(axis=(1, 2, 3)) + 0.5
 
-    ctx = CAMContext(dead, np.zeros_like(dead), X, np.array([0]), total, None, None, batch_size=8)
-    got = METHODS["scorecam"].compute(ctx)
+    ctx = CAMContext(dead, np.zeros_like(dead), X, np.array([0]), HandModel(total, batch_size=8))
+    got = METHODS["scorecam"].run(ctx)
     assert [len(b) for b in seen] == [1, 2] and not seen[0].any()  # the zero image once, then the 2 live masks
     s = np.array([1 / 3 + 4, 3, 0, 0, 0, 0]) + 0.5  # constant channels: all-zero mask, score of the zero image
     w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
@@ -57,7 +101,7 @@ def test_ablationcam_by_hand():
     y = 2 * 4 + 4 + 1  # 13
     w0, w1 = (y - (4 + 1)) / y, (y - (8 + 1)) / y  # channel 0 zeroed → 5, channel 1 zeroed → 9
     expected = np.maximum(w0 * A[0, 0] + w1 * A[0, 1], 0)
-    np.testing.assert_allclose(METHODS["ablationcam"].compute(context(head=head))[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(METHODS["ablationcam"].run(context(head=head))[0], expected, rtol=1e-6)
 
 
 def test_smoothgradcampp_averages_gradcampp_weights_over_noisy_passes():
@@ -71,8 +115,8 @@ def test_smoothgradcampp_averages_gradcampp_weights_over_noisy_passes():
         shift = (batch - X).mean(axis=(1, 2, 3))[:, None, None, None]
         return np.repeat(A, len(batch), axis=0), np.repeat(A, len(batch), axis=0) * (1 + shift) * 0.01
 
-    ctx = CAMContext(A, np.zeros_like(A), X, np.array([0]), None, gradients_at, None, batch_size=2)
-    got = METHODS["smoothgradcampp"].compute(ctx, samples=3, sigma=0.5, seed=1)
+    ctx = CAMContext(A, np.zeros_like(A), X, np.array([0]), HandModel(gradients_fn=gradients_at, batch_size=2))
+    got = METHODS["smoothgradcampp"].run(ctx, {"samples": 3, "sigma": 0.5, "seed": 1})
     noisy = np.concatenate(seen)
     assert len(noisy) == 3 and [len(b) for b in seen] == [2, 1]  # batched, 3 samples in all
     assert abs(float((noisy - X).std()) - 0.5) < 0.3 and not np.allclose(noisy[0], noisy[1])

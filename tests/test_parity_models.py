@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from onnxcam.exporter import export_torch  # noqa: E402
-from onnxcam.frontends.torch_export import check_parity, torch_gradients  # noqa: E402
+from onnxcam.frontends.torch_parity import check_parity, torch_gradients  # noqa: E402
 
 TOLERANCE = 1e-4
 

@@ -13,9 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from onnxcam.classifier.layout_inference import infer_layout  # noqa: E402
 from onnxcam.core.errors import OnnxcamError  # noqa: E402
-from onnxcam.core.layout import to_nchw  # noqa: E402
+from onnxcam.core.layout import infer_layout, to_nchw  # noqa: E402
 from onnxcam.exporter import export_torch  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
 

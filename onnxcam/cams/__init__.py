@@ -4,7 +4,11 @@ form and graph form side by side), rendering, and the embedder that writes finis
 from onnxcam.cams import methods as _methods  # noqa: F401  (registers every method)
 from onnxcam.cams.base import (
     METHODS,
+    CAMContext,
     CAMMethod,
+    ModelAccess,
+    NoOptions,
+    Options,
     check_options,
     finalise,
     finalise_graph,
@@ -14,5 +18,5 @@ from onnxcam.cams.base import (
     with_defaults,
 )
 
-__all__ = ["CAMMethod", "METHODS", "register", "graph_form", "get_method", "check_options", "finalise",
-           "finalise_graph", "with_defaults"]
+__all__ = ["CAMContext", "CAMMethod", "METHODS", "ModelAccess", "NoOptions", "Options", "register", "graph_form",
+           "get_method", "check_options", "finalise", "finalise_graph", "with_defaults"]

@@ -1,24 +1,26 @@
-"""Registry of CAM methods and the post-processing they share (upsampling, scaling to [0, 1]).
+"""The method contract, the registry of CAM methods, and the post-processing they share (upsampling, scaling).
 
-A method is a function ``compute(activations [N,C,h,w], gradients [N,C,h,w], **options) -> maps [N,h,w]``
-that returns ReLU'd maps at feature resolution (methods that need extra passes through the model register
-with ``uses_model=True`` and receive a ``context.CAMContext`` instead); :func:`finalise` upsamples them to
-the input size and scales each one to [0, 1]. Adding a method means one module that decorates its compute function with
-:func:`register`, plus one import line in ``methods/__init__.py``.
-
-A method can also have a graph form, registered with :func:`graph_form` next to its numpy function:
-``build(b, activations, gradients, shape, **options) -> name`` emits ONNX nodes with a
-:class:`~onnxcam.core.graph_builder.GraphBuilder` that compute the same raw maps ``[N,h,w]`` from the
-``[N,C,h,w]`` tensors named ``activations``/``gradients`` (``shape`` = (C, h, w)); :func:`finalise_graph` is
-:func:`finalise`'s. ``onnxcam embed`` puts them into the file (docs/design.md §6).
+A method is one module in ``methods/`` (docs/design.md §5). It declares its options once, as a frozen
+dataclass with typed fields and defaults (validated in ``__post_init__``), and registers
+``compute(ctx: CAMContext, options) -> raw maps [N,h,w]`` float32 (already ReLU'd, feature resolution) with
+:func:`register`, saying what it needs: ``uses_gradients`` (whether ``ctx.gradients`` matter),
+``uses_model`` (extra passes through the model, through ``ctx.model``), its ``normalise`` rule for
+:func:`finalise`, and the pytorch-grad-cam 1.5.7 class it matches (``reference``). Next to it, its graph
+form ``build(b, activations, gradients, shape, options) -> name`` (registered with :func:`graph_form`)
+emits ONNX nodes with a :class:`~onnxcam.core.graph_builder.GraphBuilder` that compute the same raw maps
+``[N,h,w]`` from the ``[N,C,h,w]`` tensors named ``activations``/``gradients`` (``shape`` = (C, h, w));
+:func:`finalise_graph` is :func:`finalise`'s. ``onnxcam embed`` puts them into the file (docs/design.md §6).
+Adding a method is adding one module; ``methods/__init__.py`` imports every module in its folder.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from numbers import Real
+from typing import Any, Literal, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import cv2
 import numpy as np
@@ -33,26 +35,165 @@ NORMALISERS: tuple[str, ...] = ("minmax", "max")
 #: A map whose spread (max − min) is at most this fraction of its magnitude is constant (scaled to zeros).
 FLAT = 1e-5
 
+
+class ModelAccess(Protocol):
+    """The way back into the model for methods with extra passes (``uses_model=True``), for one target layer.
+
+    ``scores(batch, class_index)``: the explained score (the logit) of each image of a preprocessed batch;
+    ``gradients_at(batch, class_index)``: the layer's ``(activations, gradients)`` ``[M,C,h,w]`` for another
+    batch; ``head(activations, class_index)``: the scores computed from ``[M,C,h,w]`` activations by the part
+    of the model after the layer only; ``batch_size``: the most images (or activation sets) one call should
+    send to the runtime at a time.
+    """
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def scores(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray: ...
+
+    def gradients_at(self, batch: np.ndarray, class_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def head(self, activations: np.ndarray, class_index: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class CAMContext:
+    """What every method gets: one target layer's tensors for a batch, and (when attached) the model.
+
+    ``activations``/``gradients``: ``[N,C,h,w]`` float32 (already converted from token or channels-last
+    layouts); ``batch``: the preprocessed ``[N,C,H,W]`` input; ``class_index``: ``[N]`` int64, the explained
+    class of each image (never −1); ``model``: :class:`ModelAccess` for methods with extra passes, None when
+    the maps are computed from tensors alone (then a ``uses_model`` method raises a one-line OnnxcamError).
+    """
+
+    activations: np.ndarray
+    gradients: np.ndarray
+    batch: np.ndarray | None = None
+    class_index: np.ndarray | None = None
+    model: ModelAccess | None = None
+
+    def require_model(self, method: str) -> tuple[ModelAccess, np.ndarray, np.ndarray]:
+        """(model, batch, class indices) for a method with extra passes; a one-line OnnxcamError without them."""
+        if self.model is None or self.batch is None or self.class_index is None:
+            raise OnnxcamError(f"method '{method}' needs the model for its extra passes; run it through an "
+                               "Explainer (Explainer.explain)")
+        return self.model, self.batch, self.class_index
+
+
+@dataclass(frozen=True)
+class Options:
+    """A convenient base for options dataclasses (frozen, one typed field with a default per option); any
+    frozen dataclass will do.
+
+    :meth:`canonical` is what two option sets are compared by (an embedded map is reused when the file's
+    options and the requested ones are canonically equal); the options themselves unless a method resolves
+    them further (CF-CAM: its ``mode`` and its None defaults).
+    """
+
+    def canonical(self) -> object:
+        """The value that decides whether two option sets give the same maps."""
+        return self
+
+
+@dataclass(frozen=True)
+class NoOptions(Options):
+    """The options of a method that takes none."""
+
+
 ComputeFn = TypeVar("ComputeFn", bound=Callable[..., np.ndarray])
 BuildFn = TypeVar("BuildFn", bound=Callable[..., str])
+#: What the registry resolves into a method's options: a mapping of option names to values, an options
+#: object (an instance of the method's options dataclass), or None (all defaults). Typed Any: a dataclass
+#: instance has no static type of its own.
+OptionsInput = Any
+
+
+def canonical(options: Any) -> object:
+    """``options.canonical()`` for :class:`Options`, else the options object itself."""
+    return options.canonical() if isinstance(options, Options) else options
+
+
+def is_options_object(value: Any) -> bool:
+    """Whether ``value`` is an options object (a dataclass instance) rather than a mapping of options."""
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 @dataclass(frozen=True)
 class CAMMethod:
-    """A registered CAM method.
+    """A registered CAM method (see the module doc for the contract).
 
-    ``compute(activations, gradients, **options)`` takes float32 ``[N,C,h,w]`` arrays and returns the raw,
-    already ReLU'd maps ``[N,h,w]`` (float32, feature resolution); ``normalise`` says how :func:`finalise`
-    scales the upsampled map; ``options`` are the keyword names ``compute`` accepts.
+    ``compute(ctx, options)`` returns the raw, already ReLU'd maps ``[N,h,w]`` (float32, feature
+    resolution); ``options`` is the method's options dataclass (frozen, e.g. derived from :class:`Options`);
+    ``uses_gradients``: whether the maps depend on ``ctx.gradients``; ``uses_model``: whether the method
+    makes extra passes through ``ctx.model``; ``normalise``: how :func:`finalise` scales the upsampled map;
+    ``reference``: the pytorch-grad-cam 1.5.7 class it matches (None: none does); ``build``: the graph form,
+    ``build(b, activations, gradients, shape, options) -> name``, or None.
     """
 
     name: str
-    compute: Callable[..., np.ndarray]
+    compute: Callable[[CAMContext, Any], np.ndarray]
+    options: type
+    uses_gradients: bool
+    uses_model: bool
     normalise: Normalise
-    options: tuple[str, ...]
+    reference: str | None
     description: str
-    uses_model: bool = False
-    build: Callable[..., str] | None = None
+    build: Callable[[GraphBuilder, str, str, tuple[int, int, int], Any], str] | None = None
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """The names of the options, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(self.options))
+
+    def resolve(self, options: OptionsInput = None) -> Any:
+        """``options`` (a mapping of option names to values, an options object, or None) as this method's
+        options object: unknown names, values of the wrong type and invalid values raise one-line errors."""
+        if isinstance(options, self.options):
+            return options
+        if is_options_object(options):
+            raise OnnxcamError(f"method {self.name!r} takes {self.options.__name__}, got {type(options).__name__}")
+        given = dict(options or {})
+        check_options(self, given)
+        try:
+            resolved = self.options(**given)
+        except OnnxcamError:
+            raise
+        except (TypeError, ValueError):
+            self._check_types(given)
+            raise
+        self._check_types(given)
+        return resolved
+
+    def _check_types(self, given: Mapping[str, Any]) -> None:
+        hints = get_type_hints(self.options)
+        for key, value in given.items():
+            if not _matches(value, hints[key]):
+                raise OnnxcamError(f"method {self.name!r} option {key!r} must be {_describe(hints[key])}, "
+                                   f"got {value!r}")
+
+    def same_options(self, a: OptionsInput, b: OptionsInput) -> bool:
+        """Whether two option sets give the same maps (``{}`` and the defaults spelled out do)."""
+        return canonical(self.resolve(a)) == canonical(self.resolve(b))
+
+    def run(self, ctx: CAMContext, options: OptionsInput = None) -> np.ndarray:
+        """The raw maps ``[N,h,w]`` for ``ctx`` with ``options`` resolved; a ``uses_model`` method needs
+        ``ctx.model``."""
+        resolved = self.resolve(options)
+        if self.uses_model:
+            ctx.require_model(self.name)
+        return self.compute(ctx, resolved)
+
+    def __call__(self, activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.ndarray:
+        """The raw maps from ``[N,C,h,w]`` activations and gradients alone (no model: a method with extra
+        passes raises a one-line OnnxcamError)."""
+        return self.run(CAMContext(activations, gradients), options)
+
+    def graph(self, b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
+              options: OptionsInput = None) -> str:
+        """The graph form's raw maps ``[N,h,w]`` (the name of the tensor), with ``options`` resolved."""
+        if self.build is None:
+            raise OnnxcamError(f"method '{self.name}' cannot be embedded in the graph (it has no graph form)")
+        return self.build(b, activations, gradients, shape, self.resolve(options))
 
 
 METHODS: dict[str, CAMMethod] = {}
@@ -61,34 +202,34 @@ METHODS: dict[str, CAMMethod] = {}
 def register(
     name: str,
     *,
-    normalise: Normalise = "minmax",
-    options: tuple[str, ...] = (),
-    description: str = "",
+    options: type = NoOptions,
+    uses_gradients: bool,
     uses_model: bool = False,
+    normalise: Normalise = "minmax",
+    reference: str | None = None,
+    description: str = "",
 ) -> Callable[[ComputeFn], ComputeFn]:
-    """Decorator: register a compute function under ``name`` in :data:`METHODS`; returns it unchanged."""
+    """Decorator: register ``compute(ctx, options) -> raw maps`` under ``name`` in :data:`METHODS` (see
+    :class:`CAMMethod` for the fields); returns the function unchanged."""
     if normalise not in NORMALISERS:
         raise ValueError(f"normalise must be one of {NORMALISERS}, got {normalise!r}")
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise ValueError(f"options of {name!r} must be a dataclass type, got {options!r}")
 
     def decorator(compute: ComputeFn) -> ComputeFn:
         if name in METHODS:
             raise ValueError(f"CAM method {name!r} is already registered")
-        METHODS[name] = CAMMethod(
-            name=name,
-            compute=compute,
-            normalise=normalise,
-            options=tuple(options),
-            description=description,
-            uses_model=uses_model,
-        )
+        METHODS[name] = CAMMethod(name=name, compute=compute, options=options, uses_gradients=uses_gradients,
+                                  uses_model=uses_model, normalise=normalise, reference=reference,
+                                  description=description)
         return compute
 
     return decorator
 
 
 def graph_form(name: str) -> Callable[[BuildFn], BuildFn]:
-    """Decorator: register ``build(b, activations, gradients, shape, **options) -> raw map name`` as the graph
-    form of the already registered method ``name`` (same options, same raw maps as its ``compute``)."""
+    """Decorator: register ``build(b, activations, gradients, shape, options) -> raw map name`` as the graph
+    form of the already registered method ``name`` (same options object, same raw maps as its ``compute``)."""
 
     def decorator(build: BuildFn) -> BuildFn:
         METHODS[name] = replace(METHODS[name], build=build)
@@ -107,22 +248,69 @@ def get_method(name: str) -> CAMMethod:
 
 
 def check_options(method: CAMMethod, options: Mapping[str, Any]) -> None:
-    """Raise OnnxcamError if ``options`` holds a name that ``method.compute`` does not accept."""
-    unknown = [key for key in options if key not in method.options]
+    """Raise OnnxcamError if ``options`` holds a name that ``method`` does not accept."""
+    accepted_names = method.option_names
+    unknown = [key for key in options if key not in accepted_names]
     if unknown:
-        accepted = ", ".join(method.options) if method.options else "none"
+        accepted = ", ".join(accepted_names) if accepted_names else "none"
         names = ", ".join(repr(key) for key in unknown)
         word = "option" if len(unknown) == 1 else "options"
         raise OnnxcamError(f"method {method.name!r} does not accept {word} {names}; accepted options: {accepted}")
 
 
-def with_defaults(method: CAMMethod, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``options`` checked against ``method``, with the defaults of its ``compute`` filled in."""
-    given = dict(options or {})
-    check_options(method, given)
-    defaults = {name: p.default for name, p in inspect.signature(method.compute).parameters.items()
-                if name in method.options and p.default is not inspect.Parameter.empty}
-    return {**defaults, **given}
+def with_defaults(method: CAMMethod, options: OptionsInput = None) -> dict[str, Any]:
+    """``options`` checked against ``method``, as JSON-able values with the defaults filled in (what
+    ``onnxcam embed`` records): the options with a default other than None, then the given ones in their
+    order; options left at None (meaning "the method's default", as CF-CAM's) are left out."""
+    resolved = method.resolve(options)
+    given = [f.name for f in dataclasses.fields(options)] if is_options_object(options) else list(options or {})
+    names = [f.name for f in dataclasses.fields(resolved) if f.default is not None]
+    names += [key for key in given if key not in names]
+    values = {key: getattr(resolved, key) for key in names}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def check_batch_size(method: str, batch_size: object) -> None:
+    """A one-line OnnxcamError unless a ``batch_size`` option is None or a whole number >= 1."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool | np.bool_) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise OnnxcamError(f"{method} option batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the type ``hint`` of an option field: a float field takes any real number but
+    a bool, an int field whole numbers but bools, a bool field only bools; other types are left to the
+    options' own ``__post_init__``."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return any(_matches(value, arg) for arg in get_args(hint))
+    if origin is Literal:
+        return value in get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool | np.bool_)
+    if isinstance(value, bool | np.bool_):
+        return hint is Any
+    if hint is int:
+        return isinstance(value, int | np.integer)
+    if hint is float:
+        return isinstance(value, Real)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    """A field type in words, for the one-line errors."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def check_pair(activations: np.ndarray, gradients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

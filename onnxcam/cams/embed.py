@@ -11,7 +11,8 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from onnxcam.cams import METHODS, finalise_graph, get_method, with_defaults
+from onnxcam.autodiff.gradients import add_gradients
+from onnxcam.cams.base import METHODS, finalise_graph, get_method, with_defaults
 from onnxcam.cams.render import overlay_graph, to_uint8_graph
 from onnxcam.core.contract import PREFIX, has_gradients, strip_cams, target_output_names
 from onnxcam.core.errors import OnnxcamError
@@ -64,15 +65,14 @@ def embed_cams(
     maximum. A plain classifier gets its gradients first (``add_gradients`` with ``layer``, ``input_size``,
     ``input_layout``); CAMs already embedded are replaced.
     """
-    from onnxcam.autodiff.gradients import add_gradients
-
     names = check_cams(cams)
     if dtype not in DTYPES:
         raise OnnxcamError(f"--cam-dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     unknown = sorted(set(options or {}) - set(names))
     if unknown:
         raise OnnxcamError(f"options given for {', '.join(unknown)}, which is not embedded; embed it with --cam")
-    chosen = {name: with_defaults(METHODS[name], (options or {}).get(name)) for name in names}
+    resolved = {name: METHODS[name].resolve((options or {}).get(name)) for name in names}
+    recorded = {name: with_defaults(METHODS[name], (options or {}).get(name)) for name in names}
     meta = read_metadata(model)
     if has_gradients(model) and layer is None and input_size is None and input_layout is None:
         model = strip_cams(model)
@@ -83,11 +83,14 @@ def embed_cams(
     outputs = {o.name: o for o in model.graph.output}
     pairs = target_output_names(len(meta.target_tensors))
     layouts = meta.layouts or [{"layout": "NCHW"}] * len(pairs)
-    height, width = meta.input_size[1:]
-    preprocessing = check_preprocessing(dict(meta.preprocessing or IMAGENET_PREPROCESSING), meta.input_size[0])
+    if meta.input_size is None:
+        raise OnnxcamError("the model records no input size; re-export it with a static image size")
+    channels, height, width = meta.input_size
+    preprocessing = check_preprocessing(dict(meta.preprocessing or IMAGENET_PREPROCESSING), channels)
 
     b = GraphBuilder(PREFIX, opset=opset_of(model))
-    tensors = []  # per target layer: activations and gradients as [N,C,h,w], and (C, h, w); shared by the methods
+    # per target layer: activations and gradients as [N,C,h,w], and (C, h, w); shared by the methods
+    tensors: list[tuple[str, str, tuple[int, int, int]]] = []
     for (a_name, g_name), layout in zip(pairs, layouts):
         shape = tuple(d.dim_value for d in outputs[a_name].type.tensor_type.shape.dim[1:])
         if not shape or 0 in shape:
@@ -98,14 +101,15 @@ def embed_cams(
     new_outputs, entries = [], []
     for name in names:
         spec = METHODS[name]
-        maps = [finalise_graph(b, spec.build(b, a, g, nchw, **chosen[name]), (height, width), spec.normalise)
+        maps = [finalise_graph(b, spec.graph(b, a, g, nchw, resolved[name]), (height, width), spec.normalise)
                 for a, g, nchw in tensors]
         cam = maps[0] if len(maps) == 1 else _fuse_graph(b, maps)
         out = cam if dtype == "float32" else to_uint8_graph(b, cam)
         b.nodes.append(helper.make_node("Identity", [out], [f"cam_{name}"], name=f"{PREFIX}/cam_{name}"))
         elem = onnx.TensorProto.FLOAT if dtype == "float32" else onnx.TensorProto.UINT8
         new_outputs.append(helper.make_tensor_value_info(f"cam_{name}", elem, ["N", height, width]))
-        entry = {"method": name, "options": chosen[name], "output": f"cam_{name}", "dtype": dtype, "overlay": None}
+        entry: dict[str, Any] = {"method": name, "options": recorded[name], "output": f"cam_{name}", "dtype": dtype,
+                                 "overlay": None}
         if overlay:
             shown = overlay_graph(b, "input", cam, preprocessing, alpha, colormap)
             b.nodes.append(helper.make_node("Identity", [shown], [f"overlay_{name}"], name=f"{PREFIX}/overlay_{name}"))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import pathlib
 
 import cv2
 import numpy as np
@@ -96,8 +94,3 @@ def encode_npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array))
     return buf.getvalue()
-
-
-def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG."""
-    pathlib.Path(path).write_bytes(encode_png(image))

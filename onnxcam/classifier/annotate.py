@@ -6,54 +6,18 @@ model first (input size and layout, class count, layer), and the file is written
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any
 
 import onnx
 
-from onnxcam.autodiff.gradients import default_layer, fix_model_input
-from onnxcam.classifier.scores import find_score
-from onnxcam.classifier.torch_names import module_tensor
-from onnxcam.core.contract import TARGETS, strip_gradients
+from onnxcam.classifier.view import open_classifier
+from onnxcam.core.contract import TARGETS
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.core.graph_queries import producers
 from onnxcam.core.metadata import read_metadata, write_metadata
 from onnxcam.core.model_io import write_model
-from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING, check_preprocessing
-from onnxcam.core.tensor_info import TensorInfo, check_runs
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names from a text file (one per line) or JSON (a list, or ``{"0": "cat", ...}``)."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise OnnxcamError(f"labels file '{p}' does not exist; check the path")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise OnnxcamError(f"labels file '{p}' is not UTF-8 text; give one class name per line or JSON") from None
-    if p.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise OnnxcamError(f"labels file '{p}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if isinstance(data, dict):
-            try:
-                index = {int(k): str(v) for k, v in data.items()}
-            except ValueError:
-                raise OnnxcamError(f"labels file '{p}': JSON keys must be class indices such as \"0\"") from None
-            if sorted(index) != list(range(len(index))):
-                raise OnnxcamError(f"labels file '{p}': JSON keys must be the indices 0..{len(index) - 1}, each once")
-            return [index[i] for i in range(len(index))]
-        if isinstance(data, list) and all(isinstance(v, str) for v in data):
-            return list(data)
-        raise OnnxcamError(f"labels file '{p}': JSON must be a list of names or an {{index: name}} object")
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise OnnxcamError(f"labels file '{p}' is empty; give one class name per line")
-    return names
+from onnxcam.core.preprocessing import check_preprocessing
 
 
 def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_size: tuple[int, int] | None = None,
@@ -82,20 +46,13 @@ def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_
     meta = read_metadata(model)
     if target is not None and target not in TARGETS:
         raise OnnxcamError(f"unknown --target '{target}'; use one of {', '.join(TARGETS)}")
-    checked = _checked_model(src, model, externals)
-    fixed, source = fix_model_input(strip_gradients(checked), meta, input_size, input_layout)
-    if source.resized:
-        check_runs(fixed, fixed.graph.output[0].name)
-    info = TensorInfo(fixed)
-    info.probe(fixed, [fixed.graph.output[0].name])
-    score = find_score(fixed, fixed.graph.output[0].name, info)
-    info.probe(fixed, [score.tensor])
-    num_classes = (info.shapes.get(score.tensor) or (None,))[-1]
-    channels = fixed.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    meta.input_size = [channels, *[d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim[2:]]]
-    meta.input_layout = source.layout
-    meta.output_kind = score.kind
-    base = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
+    view = open_classifier(_checked_model(src, model, externals), input_size=input_size, input_layout=input_layout)
+    num_classes = view.num_classes
+    channels = view.input_size[0]
+    meta.input_size = list(view.input_size)
+    meta.input_layout = view.source.layout
+    meta.output_kind = view.score.kind
+    base = view.preprocessing
     base.update(preprocessing or {})
     meta.preprocessing = check_preprocessing(base, channels)
     if labels is not None:
@@ -104,12 +61,10 @@ def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_
                                "give one name per class, in class order")
         meta.labels = labels
     if layer is not None:
-        known = producers(fixed.graph).keys() | {source.name}
-        if layer not in known and module_tensor(fixed.graph, layer) is None:
-            raise OnnxcamError(f"unknown layer '{layer}'; run `onnxcam layers MODEL` to list the candidates")
+        view.resolve_layer(layer)  # an unknown layer fails here, not at explain
         meta.target_layers, meta.target_tensors = [layer], []
     else:
-        default_layer(fixed, score.tensor, info)  # a classifier with no feature map fails here, not at explain
+        view.require_default_layer()  # a classifier with no feature map fails here, not at explain
     if target is not None:
         meta.target = target
     meta.provenance.setdefault("source_framework", model.producer_name or "onnx")

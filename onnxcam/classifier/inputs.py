@@ -16,6 +16,7 @@ from onnx import helper
 from onnxcam.core.contract import ADAPTER
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.graph_queries import data_inputs, rename_everywhere
+from onnxcam.core.metadata import CamMetadata
 
 INPUT_LAYOUTS = ("NCHW", "NHWC")
 CHANNELS = (1, 3)
@@ -146,3 +147,18 @@ def fix_input(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = No
     return out, ImageInput(found.name, source_dims, found.layout, found.detected, list(found.size) != size)
 
 
+def fix_model_input(model: onnx.ModelProto, meta: CamMetadata, input_size: tuple[int, int] | None,
+               input_layout: str | None) -> tuple[onnx.ModelProto, ImageInput]:
+    """``fix_input`` with what the metadata records: its input size, and its layout unless the graph already
+    carries onnxcam's NCHW adapter (an augmented file: then the source layout is the recorded one)."""
+    recorded = (meta.input_size[1], meta.input_size[2]) if meta.input_size and len(meta.input_size) == 3 else None
+    adapted = any(n.name.startswith(ADAPTER + "input_layout") for n in model.graph.node)
+    if adapted:
+        if input_layout and input_layout.upper() != (meta.input_layout or "NHWC"):
+            raise OnnxcamError(f"--input-layout {input_layout} contradicts the file, whose model was recorded as "
+                               f"{meta.input_layout or 'NHWC'}; leave the option out")
+        fixed, found = fix_input(model, input_size=input_size, layout="NCHW", recorded_size=recorded)
+        return fixed, ImageInput(meta.provenance.get("input_tensor", found.name), found.dims, "NHWC",
+                                 found.detected, found.resized)
+    layout = input_layout or meta.input_layout
+    return fix_input(model, input_size=input_size, layout=layout, recorded_size=recorded)

@@ -1,12 +1,20 @@
-"""Options shared by several commands: the image input (size, layout) and the preprocessing overrides."""
+"""What several commands share: the image input options (size, layout), the preprocessing overrides, method
+lists and options, model factories and output paths."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from onnxcam.cams.embed import check_cams
+from onnxcam.classifier.inputs import parse_size
 from onnxcam.core.errors import OnnxcamError
 
 
@@ -14,7 +22,7 @@ def input_options(fn: Callable) -> Callable:
     """``--input-size HxW`` and ``--input-layout NCHW|NHWC``."""
     fn = click.option("--input-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), default=None,
                       help="Layout of the model's image input (default: detected from its shape).")(fn)
-    return click.option("--input-size", default=None, metavar="HxW",
+    return click.option("--input-size", "input_size_text", default=None, metavar="HxW",
                         help="Image size for a model whose input height/width are dynamic, e.g. 224x224.")(fn)
 
 
@@ -35,8 +43,6 @@ def preprocessing_options(fn: Callable) -> Callable:
 
 def input_size(text: str | None) -> tuple[int, int] | None:
     """``--input-size`` parsed, or None."""
-    from onnxcam.classifier.inputs import parse_size
-
     return None if text is None else parse_size(text)
 
 
@@ -57,3 +63,58 @@ def numbers(text: str | None, option: str) -> list[float] | None:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise OnnxcamError(f"{option} needs comma-separated numbers such as 0.485,0.456,0.406, got '{text}'") from None
+
+
+def explainer_input(values: dict[str, Any]) -> dict[str, Any]:
+    """Explainer keyword arguments from the shared input and preprocessing options (consumes them)."""
+    out: dict[str, Any] = {"input_size": input_size(values.pop("input_size_text", None)),
+                           "input_layout": values.pop("input_layout", None)}
+    if values:
+        out["preprocessing"] = preprocessing(**values) or None
+    return out
+
+
+def method_list(text: str) -> list[str]:
+    """``gradcam,layercam`` → the method names, each checked to have a graph form (before any slow work)."""
+    return check_cams([n.strip() for n in text.split(",") if n.strip()])
+
+
+def cam_options(text: str | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``gradcampp.eps=0,...`` → ``{"gradcampp": {"eps": 0}}`` (values read as JSON, else as text)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in [i.strip() for i in (text or "").split(",") if i.strip()]:
+        key, sep, raw = item.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not sep or not dot or not option:
+            raise OnnxcamError(f"--cam-options takes METHOD.OPTION=VALUE items, e.g. gradcampp.eps=0; got '{item}'")
+        if method not in methods:
+            raise OnnxcamError(f"--cam-options names '{method}', which --cam does not embed")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        out.setdefault(method, {})[option.strip()] = value
+    return out
+
+
+def factory_model(spec: str) -> Any:
+    """The object returned by the factory ``package.module:function`` (imported from the current folder too)."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise OnnxcamError(f"--module must look like 'package.module:function', got '{spec}'")
+    sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise OnnxcamError(f"cannot load '{spec}': {exc}") from None
+    return factory()
+
+
+def output_file(model: str, output: str, what: str = "copy") -> pathlib.Path:
+    """``output`` as the path of the model file (``what``) to write: never the input model itself, never a folder."""
+    src, dst = pathlib.Path(model), pathlib.Path(output)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise OnnxcamError(f"the output '{dst}' is the input model; write the {what} to another path with -o")
+    if dst.is_dir():
+        raise OnnxcamError(f"the output '{dst}' is a folder; give a file path such as {dst / src.name}")
+    return dst

@@ -1,4 +1,5 @@
-"""Results are collected in memory and written together, so a failure leaves no half-written output."""
+"""The files of ``onnxcam evaluate``: collected in memory and written together, so a failure leaves no
+half-written output."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from onnxcam.cams.render import encode_npy, encode_png
 from onnxcam.core.errors import OnnxcamError
+from onnxcam.core.model_io import write_atomic
 
 
 class OutputWriter:
@@ -33,19 +35,14 @@ class OutputWriter:
         self.files[name] = data
 
     def commit(self) -> None:
-        """Write every queued file (temporary names first, then renames); on failure remove what was written."""
+        """Write every queued file, each atomically (:func:`~onnxcam.core.model_io.write_atomic`); when one fails,
+        remove those already written, so the folder never holds part of the set."""
         written: list[pathlib.Path] = []
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            temps = []
             for name, data in self.files.items():
-                tmp = self.folder / f".{name}.partial"
-                tmp.write_bytes(data)
-                written.append(tmp)
-                temps.append((tmp, self.folder / name))
-            for tmp, final in temps:
-                tmp.replace(final)
-                written.append(final)
+                write_atomic(self.folder / name, data)
+                written.append(self.folder / name)
         except OSError as exc:
             for path in written:
                 path.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ Only onnx and numpy: the runtime uses it to build graph forms without the export
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,14 +32,17 @@ class GraphBuilder:
     ``opset`` is the default-domain opset of the model the nodes go into (it decides the form of Reduce ops).
     """
 
-    def __init__(self, prefix: str = "onnxcam/grad", opset: int = 17) -> None:
+    def __init__(self, prefix: str = "onnxcam/grad", opset: int = 17, parent: GraphBuilder | None = None) -> None:
         self.prefix = prefix
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = itertools.count()
-        self._consts: dict[tuple[Any, ...], str] = {}
-        self._memo: dict[tuple[Any, ...], str] = {}
+        if parent is None:
+            self.initializers: list[onnx.TensorProto] = []
+            self._count: Iterator[int] = itertools.count()
+            self._consts: dict[tuple[Any, ...], str] = {}
+            self._memo: dict[tuple[Any, ...], str] = {}
+        else:  # a body graph: names, constants and memo shared with the parent (see :meth:`subgraph`)
+            self.initializers, self._count, self._consts, self._memo = parent.shared()
 
     def name(self, hint: str) -> str:
         """A fresh tensor or node name."""
@@ -88,12 +91,15 @@ class GraphBuilder:
             return self.op(op_type, x, self.ints(list(axes)), keepdims=int(keepdims))
         return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
 
+    def shared(self) -> tuple[list[onnx.TensorProto], Iterator[int], dict[tuple[Any, ...], str],
+                              dict[tuple[Any, ...], str]]:
+        """What a body builder shares with this one: initializers, name counter, constants, memo."""
+        return self.initializers, self._count, self._consts, self._memo
+
     def subgraph(self) -> GraphBuilder:
         """A builder for a Loop or If body: a node list of its own; names, constants and memo shared with this
         builder (its constants are the main graph's initializers, which a body sees as outer-scope values)."""
-        sub = GraphBuilder(self.prefix, self.opset)
-        sub.initializers, sub._count, sub._consts, sub._memo = self.initializers, self._count, self._consts, self._memo
-        return sub
+        return GraphBuilder(self.prefix, self.opset, parent=self)
 
     def graph(self, name: str, inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto],
               ) -> onnx.GraphProto:

@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.graph_builder import set_ir_version
+from onnxcam.core.ort import onnxruntime, ort_message
 
 __all__ = ["DynamicSizeError", "Shape", "TensorInfo", "check_runs"]
 
@@ -52,7 +53,7 @@ class TensorInfo:
             else:
                 self.shapes[vi.name] = None
         self.model = model
-        self.constants: dict[str, np.ndarray] = {}
+        self.constants: dict[str, np.ndarray | None] = {}
         for init in model.graph.initializer:
             arr = numpy_helper.to_array(init)
             self.constants[init.name] = arr
@@ -77,8 +78,6 @@ class TensorInfo:
         return self.constants[name]
 
     def _evaluate(self, name: str, batch: int, fill: float) -> np.ndarray:
-        from onnxcam.core.ort import onnxruntime
-
         ort = onnxruntime()
 
         probe = onnx.ModelProto()
@@ -110,11 +109,9 @@ class TensorInfo:
     def probe(self, model: onnx.ModelProto, names: Iterable[str]) -> None:
         """Learn missing shapes by running ONNX Runtime at batch sizes 1 and 2; dims that change are batch."""
         missing = [n for n in dict.fromkeys(names) if n not in self.constants and (
-            self.shapes.get(n) is None or None in self.shapes[n][1:] or self.types.get(n) is None)]
+            (shape := self.shapes.get(n)) is None or None in shape[1:] or self.types.get(n) is None)]
         if not missing:
             return
-        from onnxcam.core.ort import onnxruntime
-
         ort = onnxruntime()
 
         probe = onnx.ModelProto()
@@ -147,8 +144,6 @@ class TensorInfo:
 
 def check_runs(model: onnx.ModelProto, output: str) -> None:
     """Run ``model`` once at batch 1 up to ``output``: a fixed input size the model cannot take fails here."""
-    from onnxcam.core.ort import onnxruntime
-
     ort = onnxruntime()
 
     probe = onnx.ModelProto()
@@ -171,8 +166,6 @@ def _runs_at_input_size(model: onnx.ModelProto) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - ORT's own exception types
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        from onnxcam.core.ort import ort_message
-
         inp = model.graph.input[0]
         dims = "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in inp.type.tensor_type.shape.dim)
         raise OnnxcamError(f"the model does not run on an input of {dims} ({ort_message(exc)}); pass the image "

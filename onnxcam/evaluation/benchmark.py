@@ -23,8 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from onnxcam.cams import CAMContext, get_method
+from onnxcam.core.contract import strip_gradients
+from onnxcam.core.graph_builder import set_ir_version
+from onnxcam.core.ort import onnxruntime
 from onnxcam.runtime.explainer import Explainer
-from onnxcam.runtime.session import run
+from onnxcam.runtime.session import create_session, run
 
 Runner = Callable[[np.ndarray], Any]
 
@@ -104,13 +108,12 @@ def measure(runner: Runner, batch: np.ndarray, *, warmup: int = 2, repeats: int 
 def postprocess_peak_mb(method: str, activations: np.ndarray, gradients: np.ndarray, **options: Any) -> float:
     """Peak memory (MB, numpy/Python allocations traced by ``tracemalloc``) that a gradient method's
     post-processing allocates on ``[N,C,h,w]`` activations and gradients, beyond its inputs."""
-    from onnxcam.cams import get_method
-
     spec = get_method(method)
+    resolved = spec.resolve(options)
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        spec.compute(activations, gradients, **options)
+        spec.run(CAMContext(activations, gradients), resolved)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -120,10 +123,6 @@ def postprocess_peak_mb(method: str, activations: np.ndarray, gradients: np.ndar
 def forward_floor(explainer: Explainer) -> Runner:
     """(a): ONNX Runtime running the plain classifier (gradient outputs stripped), on the explainer's
     providers and session options; returns a function of the preprocessed batch."""
-    from onnxcam.core.contract import strip_gradients
-    from onnxcam.core.graph_builder import set_ir_version
-    from onnxcam.runtime.session import create_session
-
     plain = strip_gradients(explainer.model)
     set_ir_version(plain)
     session = create_session(plain.SerializeToString(), explainer.providers, explainer.session_options)
@@ -153,6 +152,11 @@ class BenchRow:
         return None if self.baseline is None else self.baseline.ms_per_image / self.onnxcam.ms_per_image
 
 
+def _explain_runner(explainer: Explainer, method: str) -> Runner:
+    """(b): ``explainer.explain(batch, method=method)`` as a function of the preprocessed batch."""
+    return lambda batch: explainer.explain(batch, method=method)
+
+
 def bench(explainer: Explainer, batch: np.ndarray, methods: Sequence[str], *, model: str = "model",
           baseline: Callable[[str], Runner | None] | None = None, warmup: int = 2, repeats: int = 5,
           slow_methods: Sequence[str] = ("scorecam", "ablationcam"), progress: Callable[[str], None] | None = None,
@@ -167,7 +171,7 @@ def bench(explainer: Explainer, batch: np.ndarray, methods: Sequence[str], *, mo
     floor = measure(forward_floor(explainer), batch, warmup=warmup, repeats=repeats)
     rows = []
     for method in methods:
-        sides: dict[str, Runner | None] = {"onnxcam": lambda x, m=method: explainer.explain(x, method=m),
+        sides: dict[str, Runner | None] = {"onnxcam": _explain_runner(explainer, method),
                                            "baseline": baseline(method) if baseline else None}
         measured: dict[str, Measure] = {}
         for side, runner in sides.items():
@@ -213,8 +217,6 @@ def markdown_table(rows: Sequence[BenchRow]) -> str:
 
 def machine() -> str:
     """One line naming the CPU, its cores, the OS and the library versions that set the figures."""
-    import onnxruntime
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -222,4 +224,4 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}")
+            f"Python {platform.python_version()}, numpy {np.__version__}, onnxruntime {onnxruntime().__version__}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxcam.cams import finalise, get_method
+from onnxcam.cams import CAMContext, CAMMethod, finalise, get_method
 from onnxcam.core.layout import to_nchw
 from onnxcam.evaluation import metrics
 from onnxcam.runtime.explainer import Explainer, ImageInput
@@ -89,14 +89,15 @@ def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], me
     ``methods`` holds method names, or ``(label, name, options)`` for variants (e.g. CF-CAM's filters).
 
     Faithfulness uses the softmax probability of the explained class (predicted unless ``class_index``);
-    gradient-noise robustness is measured for methods that weight by gradients (Eigen-CAM, Score-CAM and
-    Ablation-CAM do not use them). ``ms_per_image`` is the wall time of ``explain`` divided by N.
+    gradient-noise robustness is measured for the methods that declare ``uses_gradients`` and compute their
+    maps from the layer's tensors alone (not ``uses_model``). ``ms_per_image`` is the wall time of ``explain``
+    divided by N.
     """
     variants = [(m, m, {}) if isinstance(m, str) else m for m in methods]
     for _, name, _ in variants:
         get_method(name)
     batch, views = explainer.preprocess(images)
-    requested = explainer._class_indices(class_index, len(batch))
+    requested = explainer.class_indices(class_index, len(batch))
     first = explainer.forward(batch, requested)
     chosen = np.where(requested < 0, first["logits"].argmax(1), requested)
     labels = [explainer.labels[c] for c in chosen] if explainer.labels else None
@@ -121,7 +122,7 @@ def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], me
             both = metrics.road_combined(scorer, batch, cams, chosen)
             row["road_morf"] = float(both["morf"]["mean"])
             row["road_lerf"] = float(both["lerf"]["mean"])
-        if not spec.uses_model and name not in ("eigencam",):
+        if spec.uses_gradients and not spec.uses_model:
             row["noise_ssim"] = _noise_ssim(explainer, first, spec, options, noise_sigmas)
         if boxes is not None:
             row["pointing_game"] = float(metrics.pointing_game(cams, boxes))
@@ -132,17 +133,17 @@ def evaluate(explainer: Explainer, images: ImageInput | Sequence[ImageInput], me
     return result
 
 
-def _noise_ssim(explainer: Explainer, out: dict[str, np.ndarray], spec: Any, options: dict[str, Any],
+def _noise_ssim(explainer: Explainer, out: dict[str, np.ndarray], spec: CAMMethod, options: dict[str, Any],
                 sigmas: Sequence[float]) -> float:
     """Mean SSIM between clean and gradient-noised maps of the first target layer, over ``sigmas``."""
-    a_name, g_name = explainer._pairs[0]
-    layout = explainer._layouts[0]
+    target = explainer.targets[0]
     size = explainer.input_shape[1:]
+    resolved = spec.resolve(options)
 
     def cam_fn(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-        return finalise(spec.compute(acts, grads, **options), size, spec.normalise)
+        return finalise(spec.run(CAMContext(acts, grads), resolved), size, spec.normalise)
 
-    acts, grads = to_nchw(out[a_name], layout), to_nchw(out[g_name], layout)
+    acts, grads = to_nchw(out[target.activations], target.layout), to_nchw(out[target.gradients], target.layout)
     robustness = metrics.gradient_noise_robustness(cam_fn, acts, grads, sigmas=tuple(sigmas))
     return float(np.mean(robustness["ssim"]))
 

@@ -125,13 +125,6 @@ def _score_jobs(
     return probs
 
 
-def _score_images(scorer: Scorer, images: np.ndarray, classes: np.ndarray, batch_size: int) -> np.ndarray:
-    def fill(j: int, out: np.ndarray) -> None:
-        out[...] = images[j]
-
-    return _score_jobs(scorer, fill, classes, images.shape[1:], batch_size)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # deletion / insertion
 

@@ -7,24 +7,14 @@ image by image by onnxcam's own numpy code, which is how the method is used with
 
 from __future__ import annotations
 
-import functools
 import types
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-PYTORCH_GRAD_CAM_CLASSES: dict[str, str] = {
-    "gradcam": "GradCAM",
-    "gradcampp": "GradCAMPlusPlus",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "hirescam": "HiResCAM",
-    "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM",
-    "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM",
-}
+from onnxcam.cams import get_method
+from onnxcam.cams.methods.cfcam.method import cfcam_details
 
 
 def available() -> bool:
@@ -40,8 +30,6 @@ def available() -> bool:
 def _cfcam_class() -> type:
     from pytorch_grad_cam.base_cam import BaseCAM
 
-    from onnxcam.cams.methods.cfcam.method import cfcam_details
-
     class CFCAM(BaseCAM):
         """pytorch-grad-cam's BaseCAM with CF-CAM channel weights (onnxcam's numpy definition, per image)."""
 
@@ -56,22 +44,24 @@ def pytorch_grad_cam_runner(model: Any, target_layer: str, method: str, *, batch
                             ) -> Callable[[np.ndarray], np.ndarray] | None:
     """A function of a preprocessed ``[N,C,H,W]`` float32 batch that returns pytorch-grad-cam's maps for the
     predicted classes at module ``target_layer`` of ``model`` (eval mode, CPU); None when pytorch-grad-cam has
-    no counterpart of ``method``. ``batch_size`` is Score-CAM's and Ablation-CAM's batch for their extra passes.
+    no counterpart of ``method`` (the class is the method's registered ``reference``; CF-CAM's is
+    pytorch-grad-cam's BaseCAM with CF-CAM's weights). ``batch_size`` is Score-CAM's and Ablation-CAM's batch
+    for their extra passes.
     """
     import pytorch_grad_cam
     import pytorch_grad_cam.ablation_cam
     import pytorch_grad_cam.score_cam
     import torch
-    import tqdm
 
-    quiet = types.SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
+    quiet = types.SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
     for module in (pytorch_grad_cam.score_cam, pytorch_grad_cam.ablation_cam):
         module.tqdm = quiet  # their progress bars would fill the benchmark's output
 
+    reference = get_method(method).reference
     if method == "cfcam":
         cls = _cfcam_class()
-    elif method in PYTORCH_GRAD_CAM_CLASSES:
-        cls = getattr(pytorch_grad_cam, PYTORCH_GRAD_CAM_CLASSES[method])
+    elif reference is not None:
+        cls = getattr(pytorch_grad_cam, reference)
     else:
         return None
     model = model.eval()

@@ -16,6 +16,8 @@ from onnxcam.autodiff.gradients import path_nodes
 from onnxcam.core.contract import strip_gradients
 from onnxcam.core.graph_builder import set_ir_version
 from onnxcam.core.graph_queries import attributes
+from onnxcam.core.metadata import read_metadata
+from onnxcam.core.ort import onnxruntime
 from onnxcam.core.tensor_info import TensorInfo
 
 
@@ -45,10 +47,7 @@ def near_kink(model: onnx.ModelProto, batch: np.ndarray, relative: float = 1e-4)
     1e-4 is a band, not a proof: a 25088-long float32 dot product (VGG's first linear layer) was seen to
     flip a ReLU at 3e-5 of its layer's scale. Callers count what is set aside, so a wrong rule, which fails
     every image, cannot hide behind it."""
-    import onnxruntime as ort
-
-    from onnxcam.core.metadata import read_metadata
-
+    ort = onnxruntime()
     forward = strip_gradients(model)
     logits = forward.graph.output[0].name
     info = TensorInfo(forward)

@@ -17,7 +17,7 @@ import numpy as np
 from onnxcam.cams.render import encode_npy, encode_png, overlay, upscale
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.model_io import PARTIAL, write_atomic
-from onnxcam.runtime.stream import ImageResult
+from onnxcam.runtime.results import ImageResult
 
 #: artefact formats: overlay PNG, the map as .npy (float32 [H,W] in [0,1]), the map as a 16-bit grey PNG
 FORMATS = ("overlay", "npy", "png16")
@@ -49,6 +49,8 @@ def encode_artefacts(result: ImageResult, formats: Sequence[str], *, alpha: floa
                      colormap: str = "jet") -> dict[str, bytes]:
     """Each requested artefact of an explained image as file bytes, by format."""
     out: dict[str, bytes] = {}
+    if result.cam is None or result.image is None:
+        raise OnnxcamError(f"{result.source} was not explained ({result.error}); it has no files")
     cam = np.asarray(result.cam, np.float32)
     for fmt in formats:
         if fmt == "overlay":

@@ -2,57 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 
-from onnxcam.cams import check_options, finalise, get_method, with_defaults
-from onnxcam.cams.context import CAMContext
-from onnxcam.core.contract import has_gradients, target_output_names
+from onnxcam.autodiff.gradients import add_gradients
+from onnxcam.cams import CAMContext, finalise, get_method
+from onnxcam.core.contract import has_gradients, strip_gradients, target_output_names
 from onnxcam.core.errors import OnnxcamError
+from onnxcam.core.graph_builder import set_ir_version
+from onnxcam.core.graph_queries import head_model
 from onnxcam.core.layout import to_nchw
 from onnxcam.core.metadata import CamMetadata, class_probabilities, read_metadata
 from onnxcam.core.model_io import ModelSource, load_model
 from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING, check_preprocessing
 from onnxcam.runtime.preprocess import as_rgb, load_image, model_view, normalise
+from onnxcam.runtime.results import Explanation, ImageResult, TargetLayer
 from onnxcam.runtime.session import create_session, run
-
-if TYPE_CHECKING:
-    from onnxcam.runtime.stream import ImageResult
+from onnxcam.runtime.stream import stream_explain
 
 ImageInput = str | os.PathLike | np.ndarray
-
-
-@dataclass
-class Explanation:
-    """CAMs for a batch: ``cams`` ``[N,H,W]`` float32 in [0,1] at the model's input resolution."""
-
-    cams: np.ndarray
-    class_index: np.ndarray
-    logits: np.ndarray
-    probabilities: np.ndarray
-    method: str
-    providers: list[str]
-    labels: list[str] | None = None
-    images: np.ndarray | None = None  # ``[N,H,W,3]`` uint8: what the model saw (None for a raw batch)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def scores(self) -> np.ndarray:
-        """Probability of the explained class, per image."""
-        return self.probabilities[np.arange(len(self.class_index)), self.class_index]
-
-
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, computed stably."""
-    return class_probabilities(logits, "softmax")
 
 
 class Explainer:
@@ -81,8 +54,6 @@ class Explainer:
         new_input = (input_size is not None and tuple(input_size) != recorded_size) or (
             input_layout is not None and input_layout.upper() != (meta.input_layout or "NCHW"))
         if not has_gradients(proto) or (layers and not same) or new_input:
-            from onnxcam.autodiff.gradients import add_gradients  # onnx only, never torch
-
             proto = add_gradients(proto, activations=layers or meta.target_layers or None, target=meta.target,
                                   input_size=input_size, input_layout=input_layout)
             meta = read_metadata(proto)
@@ -96,7 +67,7 @@ class Explainer:
         self.input_shape: tuple[int, int, int] = tuple(dims[1:])
         outputs = [o.name for o in self.session.get_outputs()]
         self._outputs = set(outputs)
-        self._pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
+        pairs = target_output_names(sum(a.startswith("activations") for a in outputs))
         self.num_classes = int(self.session.get_outputs()[0].shape[1])
         base = dict(meta.preprocessing or IMAGENET_PREPROCESSING)
         #: where the preprocessing comes from: "file", "assumed (ImageNet)", plus "overridden" with overrides
@@ -105,7 +76,9 @@ class Explainer:
             base.update({k: v for k, v in preprocessing.items() if v is not None})
             self.preprocessing_source += ", overridden"
         self.preprocessing: dict[str, Any] = check_preprocessing(base, self.input_shape[0])
-        self._layouts = meta.layouts or [{"layout": "NCHW"}] * len(self._pairs)
+        layouts = meta.layouts or [{"layout": "NCHW"}] * len(pairs)
+        self._targets = [TargetLayer(a, g, dict(layout or {"layout": "NCHW"}))
+                         for (a, g), layout in zip(pairs, layouts)]
         self.batch_size = batch_size
         self._forward_session: Any = None
         self._head_sessions: dict[int, Any] = {}
@@ -114,6 +87,11 @@ class Explainer:
     def providers(self) -> list[str]:
         """The execution providers the session really runs on, in priority order."""
         return list(self.session.get_providers())
+
+    @property
+    def targets(self) -> list[TargetLayer]:
+        """The target layers, in order: each one's activations and gradients outputs and their layout."""
+        return list(self._targets)
 
     @property
     def labels(self) -> list[str] | None:
@@ -161,7 +139,7 @@ class Explainer:
                 ) -> dict[str, np.ndarray]:
         """Raw graph outputs (``logits``, ``activations``, ``gradients``) for a preprocessed batch."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        index = self._class_indices(class_index, len(batch))
+        index = self.class_indices(class_index, len(batch))
         outputs = run(self.session, {"input": batch, "class_index": index})
         return dict(zip([o.name for o in self.session.get_outputs()], outputs))
 
@@ -169,8 +147,6 @@ class Explainer:
         """The logit (or softmax probability) of ``class_index`` for each image of a preprocessed batch,
         from forward passes only, ``batch_size`` images at a time."""
         if self._forward_session is None:
-            from onnxcam.core.contract import strip_gradients
-
             self._forward_session = self._sub_session(strip_gradients(self.model))
         return self._class_scores(self._forward_session, batch, class_index, probability)
 
@@ -181,14 +157,11 @@ class Explainer:
     def head_scores(self, layer: int, activations: np.ndarray, class_index: np.ndarray) -> np.ndarray:
         """The logit of ``class_index`` computed from target layer ``layer``'s ``[M,C,h,w]`` activations by the
         part of the model after that layer only (the head subgraph), batched."""
-        layout = self._layouts[layer]
+        layout = self._targets[layer].layout
         if layout.get("layout", "NCHW") == "NTC":
             raise OnnxcamError("this method needs the head after the layer, which is not supported for token layers "
                                "yet; use a gradient-based method")
         if layer not in self._head_sessions:
-            from onnxcam.core.contract import strip_gradients
-            from onnxcam.core.graph_queries import head_model
-
             forward = strip_gradients(self.model)
             head = head_model(forward, self.metadata.target_tensors[layer], forward.graph.output[0].name)
             self._head_sessions[layer] = self._sub_session(head)
@@ -208,30 +181,37 @@ class Explainer:
         return out
 
     def _sub_session(self, model: onnx.ModelProto) -> Any:
-        from onnxcam.core.graph_builder import set_ir_version
-
         set_ir_version(model)
         return create_session(model.SerializeToString(), self.providers, self.session_options)
 
-    def _class_indices(self, class_index: Any, n: int) -> np.ndarray:
-        if class_index is None:
+    def class_indices(self, spec: Any, n: int) -> np.ndarray:
+        """Class indices for ``n`` images from ``spec``: None (−1, the predicted class, for each), one index or
+        label name for every image, ``[n]`` one per image, or ``[n, K]`` K per image; int64, checked."""
+        if spec is None:
             return np.full(n, -1, np.int64)
-        if isinstance(class_index, int | str | np.integer):
-            return np.full(n, self.class_index_of(class_index), np.int64)
-        rows = np.asarray(class_index, dtype=object)
+        if isinstance(spec, int | str | np.integer):
+            return np.full(n, self.class_index_of(spec if isinstance(spec, str) else int(spec)), np.int64)
+        rows = np.asarray(spec, dtype=object)
         values = np.vectorize(self.class_index_of, otypes=[np.int64])(rows) if rows.size else rows.astype(np.int64)
         if len(values) != n or values.ndim > 2:
             raise OnnxcamError(f"class indices of shape {list(values.shape)} given for {n} images; use [N] or [N, K]")
         return values
 
-    def embedded_output(self, method: str, options: dict[str, Any] | None = None) -> str | None:
-        """The graph output that carries ``method``'s finished float32 map with these ``options`` (defaults
-        filled in), or None when the file does not embed it so."""
-        wanted = with_defaults(get_method(method), options)
+    def embedded_output(self, method: str, options: Mapping[str, Any] | None = None) -> str | None:
+        """The graph output that carries ``method``'s finished float32 map with options that give the same maps
+        as ``options`` (compared resolved, so ``{}`` matches the defaults spelled out), or None when the file
+        does not embed it so."""
+        spec = get_method(method)
+        wanted = spec.resolve(options)
         for entry in self.metadata.cams or []:
-            if (entry.get("method"), entry.get("dtype"), entry.get("options")) == (method, "float32", wanted) and \
-                    entry.get("output") in self._outputs:
-                return entry["output"]
+            if (entry.get("method"), entry.get("dtype")) != (method, "float32") or \
+                    entry.get("output") not in self._outputs:
+                continue
+            try:
+                if spec.same_options(entry.get("options") or {}, wanted):
+                    return str(entry["output"])
+            except OnnxcamError:  # options this version does not know: not the same maps
+                continue
         return None
 
     def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str = "cfcam",
@@ -245,67 +225,85 @@ class Explainer:
         (``onnxcam embed``), its ``cam_<method>`` output is the map and numpy computes nothing;
         ``embedded=False`` computes it in numpy all the same.
         """
-        spec = get_method(method)
-        check_options(spec, method_options)
-        from_graph = self.embedded_output(method, method_options) if embedded else None
+        get_method(method).resolve(method_options)
         batch, views = self.preprocess(images)
-        return self._explain_batch(batch, views, self._class_indices(class_index, len(batch)), method, from_graph,
-                                   method_options)
+        return self.explain_batch(batch, views, self.class_indices(class_index, len(batch)), method=method,
+                                  options=method_options, embedded=embedded)
 
     def explain_iter(self, images: Iterable[ImageInput], *, method: str = "cfcam", class_index: int | str | None = None,
                      batch_size: int = 16, workers: int | None = None, embedded: bool = True,
                      **method_options: Any) -> Iterator[ImageResult]:
         """Explain a stream of images (paths or HWC uint8 arrays; any iterable, read lazily), yielding one
-        :class:`~onnxcam.runtime.stream.ImageResult` per image in input order as soon as its batch is done.
+        :class:`~onnxcam.runtime.results.ImageResult` per image in input order as soon as its batch is done.
 
         ``workers`` threads (default: up to 4) decode and preprocess ahead of ONNX Runtime, which runs
         ``batch_size`` images at a time; at most a few batches are held in memory, whatever the number of images.
         An image that cannot be read gives a result with ``error`` set, and the stream goes on.
         ``class_index``: None (the predicted class), or one index or label name for every image."""
-        from onnxcam.runtime.stream import stream_explain
-
         return stream_explain(self, images, method=method, class_index=class_index, batch_size=batch_size,
                               workers=workers, embedded=embedded, method_options=method_options)
 
-    def _explain_batch(self, batch: np.ndarray, views: np.ndarray | None, index: np.ndarray, method: str,
-                       from_graph: str | None, method_options: dict[str, Any]) -> Explanation:
-        """:meth:`explain` on a preprocessed ``batch`` with its class indices (method and options checked)."""
+    def explain_batch(self, batch: np.ndarray, views: np.ndarray | None, class_index: np.ndarray, *, method: str,
+                      options: Mapping[str, Any] | None = None, embedded: bool = True) -> Explanation:
+        """:meth:`explain` on a preprocessed ``batch`` ``[N,C,H,W]`` with ``views`` (what the model saw, or None)
+        and the class indices :meth:`class_indices` gives (``[N]`` or ``[N, K]``; −1: the predicted class)."""
         spec = get_method(method)
+        resolved = spec.resolve(options)
+        from_graph = self.embedded_output(method, options) if embedded else None
+        index = np.asarray(class_index, dtype=np.int64)
         per_image = index.shape[1] if index.ndim == 2 else 1
         flat_batch = np.repeat(batch, per_image, axis=0) if index.ndim == 2 else batch
         flat_index = index.reshape(-1)
         out = self.forward(flat_batch, flat_index)
         chosen = np.where(flat_index < 0, out["logits"].argmax(axis=1), flat_index)
         maps = [out[from_graph]] if from_graph else []
-        for layer, ((a, g), layout) in enumerate([] if from_graph else zip(self._pairs, self._layouts)):
-            acts, grads = to_nchw(out[a], layout), to_nchw(out[g], layout)
-            if spec.uses_model:
-                ctx = CAMContext(acts, grads, flat_batch, chosen, self.scores,
-                                 functools.partial(self._layer_gradients, layer),
-                                 functools.partial(self.head_scores, layer), self.batch_size)
-                raw = spec.compute(ctx, **method_options)
-            else:
-                raw = spec.compute(acts, grads, **method_options)
+        for layer, target in enumerate([] if from_graph else self._targets):
+            acts, grads = to_nchw(out[target.activations], target.layout), to_nchw(out[target.gradients], target.layout)
+            model = LayerAccess(self, layer) if spec.uses_model else None
+            raw = spec.run(CAMContext(acts, grads, flat_batch, chosen, model), resolved)
             maps.append(finalise(raw, self.input_shape[1:], spec.normalise))
         cams = maps[0] if len(maps) == 1 else _fuse(maps)
         logits = out["logits"][::per_image]
         if index.ndim == 2:
             cams = cams.reshape(len(batch), per_image, *cams.shape[1:])
             chosen = chosen.reshape(len(batch), per_image)
-        names = None
+        names: list[str] | list[list[str]] | None = None
         if self.labels:
-            names = [self.labels[c] for c in chosen] if chosen.ndim == 1 else [[self.labels[c] for c in row]
-                                                                                 for row in chosen]
+            labels = self.labels
+            names = [labels[c] for c in chosen] if chosen.ndim == 1 else [[labels[c] for c in row] for row in chosen]
         return Explanation(cams=cams, class_index=chosen, logits=logits,
                            probabilities=class_probabilities(logits, self.metadata.output_kind),
                            method=method, providers=self.providers, labels=names, images=views,
-                           options=dict(method_options))
+                           options=dict(options or {}))
 
-    def _layer_gradients(self, layer: int, batch: np.ndarray, class_index: np.ndarray,
-                         ) -> tuple[np.ndarray, np.ndarray]:
+    def layer_gradients(self, layer: int, batch: np.ndarray, class_index: np.ndarray,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Target layer ``layer``'s ``(activations, gradients)`` ``[N,C,h,w]`` for a preprocessed batch."""
         out = self.forward(batch, class_index)
-        a, g = self._pairs[layer]
-        return to_nchw(out[a], self._layouts[layer]), to_nchw(out[g], self._layouts[layer])
+        target = self._targets[layer]
+        return to_nchw(out[target.activations], target.layout), to_nchw(out[target.gradients], target.layout)
+
+
+@dataclass(frozen=True)
+class LayerAccess:
+    """:class:`~onnxcam.cams.base.ModelAccess` for one target layer of an :class:`Explainer`: what Score-CAM,
+    Ablation-CAM and Smooth Grad-CAM++ run their extra passes through."""
+
+    explainer: Explainer
+    layer: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.explainer.batch_size
+
+    def scores(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        return self.explainer.scores(batch, class_index)
+
+    def gradients_at(self, batch: np.ndarray, class_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.explainer.layer_gradients(self.layer, batch, class_index)
+
+    def head(self, activations: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        return self.explainer.head_scores(self.layer, activations, class_index)
 
 
 def _fuse(maps: list[np.ndarray]) -> np.ndarray:

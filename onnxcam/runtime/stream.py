@@ -1,5 +1,8 @@
 """Streaming explanation: threads decode and preprocess ahead of ONNX Runtime, which runs in batches; results come
-out image by image, in input order, with bounded memory whatever the number of images."""
+out image by image, in input order, with bounded memory whatever the number of images.
+
+The stream takes the explainer as a :class:`~onnxcam.runtime.results.BatchExplainer` and imports nothing from
+``onnxcam.runtime.explainer``; ``Explainer.explain_iter`` calls :func:`stream_explain`."""
 
 from __future__ import annotations
 
@@ -8,40 +11,14 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from onnxcam.cams import check_options, get_method
+from onnxcam.cams import get_method
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.runtime.preprocess import as_rgb, decode_image, load_image, model_view, normalise
-
-if TYPE_CHECKING:
-    from onnxcam.runtime.explainer import Explainer
-
-
-@dataclass
-class ImageResult:
-    """One image's explanation, or why it has none (``error``)."""
-
-    index: int  # position in the input stream
-    source: str  # the path, or "<array K>" for an image given as an array
-    cam: np.ndarray | None = None  # [H,W] float32 in [0,1] at the model's input resolution
-    class_index: int = -1
-    class_name: str = ""
-    probability: float = float("nan")  # of the explained class
-    top_class_index: int = -1
-    top_class_name: str = ""
-    top_probability: float = float("nan")
-    image: np.ndarray | None = None  # [H,W,3] uint8: what the model saw
-    seconds: float = 0.0  # this image's share of its batch's ONNX Runtime and CAM time
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the image was explained."""
-        return self.error is None
+from onnxcam.runtime.results import BatchExplainer, ImageResult
 
 
 def default_workers() -> int:
@@ -58,7 +35,7 @@ def read_any(item: Any) -> np.ndarray:
     return load_image(item)
 
 
-def _prepare(explainer: Explainer, item: Any) -> tuple[np.ndarray, np.ndarray]:
+def prepare_image(explainer: BatchExplainer, item: Any) -> tuple[np.ndarray, np.ndarray]:
     """(normalised ``[C,H,W]`` float32, model view ``[H,W,3]`` uint8) of one image, in a worker thread."""
     view = model_view(read_any(item), explainer.preprocessing, explainer.input_shape[1:])
     return normalise(view[None], explainer.preprocessing, channels=explainer.input_shape[0])[0], view
@@ -72,25 +49,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'failed'}"
 
 
-def stream_explain(explainer: Explainer, images: Iterable[Any], *, method: str, class_index: int | str | None,
+def stream_explain(explainer: BatchExplainer, images: Iterable[Any], *, method: str, class_index: int | str | None,
                    batch_size: int, workers: int | None, embedded: bool, method_options: dict[str, Any],
                    ) -> Iterator[ImageResult]:
     """See :meth:`Explainer.explain_iter`. The method, its options and the class are checked before the first
     image is read, so a mistake there raises at once."""
-    spec = get_method(method)
-    check_options(spec, method_options)
+    get_method(method).resolve(method_options)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise OnnxcamError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    index = explainer._class_indices(class_index, 1)
+    index = explainer.class_indices(class_index, 1)
     if index.ndim != 1:
         raise OnnxcamError("explain_iter explains one class per image; pass None, an index or a label name")
-    from_graph = explainer.embedded_output(method, method_options) if embedded else None
-    return _run(explainer, images, method, int(index[0]), batch_size, workers or default_workers(), from_graph,
+    return _run(explainer, images, method, int(index[0]), batch_size, workers or default_workers(), embedded,
                 method_options)
 
 
-def _run(explainer: Explainer, images: Iterable[Any], method: str, class_index: int, batch_size: int, workers: int,
-         from_graph: str | None, method_options: dict[str, Any]) -> Iterator[ImageResult]:
+def _run(explainer: BatchExplainer, images: Iterable[Any], method: str, class_index: int, batch_size: int,
+         workers: int, embedded: bool, method_options: dict[str, Any]) -> Iterator[ImageResult]:
     ahead = 2 * batch_size + workers  # decoded images held at most: the batch being filled and about one more
     pending: deque[tuple[int, str, Future]] = deque()
     source = enumerate(images)
@@ -107,7 +82,7 @@ def _run(explainer: Explainer, images: Iterable[Any], method: str, class_index: 
                 i, image = item
                 name = f"<array {i}>" if isinstance(image, np.ndarray) else \
                     ("<bytes>" if isinstance(image, bytes | bytearray | memoryview) else str(image))
-                pending.append((i, name, pool.submit(_prepare, explainer, image)))
+                pending.append((i, name, pool.submit(prepare_image, explainer, image)))
             if not pending:
                 break
             i, name, future = pending.popleft()
@@ -116,26 +91,26 @@ def _run(explainer: Explainer, images: Iterable[Any], method: str, class_index: 
             except Exception as exc:  # noqa: BLE001 - any failure to read one image is that image's error
                 group.append((i, name, exc))
             if sum(not isinstance(g[2], BaseException) for g in group) == batch_size or (exhausted and not pending):
-                yield from _explain_group(explainer, group, method, class_index, from_graph, method_options)
+                yield from _explain_group(explainer, group, method, class_index, embedded, method_options)
                 group = []
         if group:
-            yield from _explain_group(explainer, group, method, class_index, from_graph, method_options)
+            yield from _explain_group(explainer, group, method, class_index, embedded, method_options)
     finally:
         for _, _, future in pending:
             future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _explain_group(explainer: Explainer, group: list[tuple[int, str, Any]], method: str, class_index: int,
-                   from_graph: str | None, method_options: dict[str, Any]) -> Iterator[ImageResult]:
+def _explain_group(explainer: BatchExplainer, group: list[tuple[int, str, Any]], method: str, class_index: int,
+                   embedded: bool, method_options: dict[str, Any]) -> Iterator[ImageResult]:
     good = [g for g in group if not isinstance(g[2], BaseException)]
     out = None
     started = time.perf_counter()
     if good:
         batch = np.stack([g[2][0] for g in good])
         views = np.stack([g[2][1] for g in good])
-        out = explainer._explain_batch(batch, views, np.full(len(good), class_index, np.int64), method, from_graph,
-                                       method_options)
+        out = explainer.explain_batch(batch, views, np.full(len(good), class_index, np.int64), method=method,
+                                      options=method_options, embedded=embedded)
     share = (time.perf_counter() - started) / max(1, len(good))
     labels = explainer.labels
     k = 0
@@ -143,6 +118,7 @@ def _explain_group(explainer: Explainer, group: list[tuple[int, str, Any]], meth
         if isinstance(value, BaseException):
             yield ImageResult(index=i, source=name, error=_reason(value))
             continue
+        assert out is not None  # every readable image of the group was explained above
         chosen = int(out.class_index[k])
         top = int(out.probabilities[k].argmax())
         yield ImageResult(index=i, source=name, cam=out.cams[k], class_index=chosen,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcam.cams.base import check_pair, graph_form, register
+from onnxcam.cams.base import CAMContext, NoOptions, check_pair, graph_form, register
 from onnxcam.core.graph_builder import GraphBuilder
 
 #: Squarings of the Gram matrix in the graph form: the power iteration K^(2^16), 65,536 steps. The part of
@@ -87,36 +87,44 @@ def _scaled(b: GraphBuilder, k: str, one: str, zero: str) -> str:
 
 @register(
     "eigencam",
+    uses_gradients=False,
+    uses_model=False,
     normalise="minmax",
+    reference="EigenCAM",
     description="Eigen-CAM (gradient-free): ReLU of the centred activations (positions x channels) projected "
     "on their first right singular vector",
 )
-def eigencam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+def eigencam(ctx: CAMContext, options: NoOptions) -> np.ndarray:
     """Eigen-CAM maps ``[N,h,w]`` (float32): map = ReLU(X̃·v₁), X̃ = A as (Z×C) centred per channel, v₁ its
     first right singular vector (sign: Σ_c v₁c > 0). The gradients are only shape-checked, never used."""
-    a, _ = check_pair(activations, gradients)
+    a, _ = check_pair(ctx.activations, ctx.gradients)
     return np.maximum(principal_projection(a), 0.0).astype(np.float32)
 
 
 @register(
     "eigengradcam",
+    uses_gradients=True,
+    uses_model=False,
     normalise="minmax",
+    reference="EigenGradCAM",
     description="EigenGrad-CAM: Eigen-CAM of the element-wise product G * A",
 )
-def eigengradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+def eigengradcam(ctx: CAMContext, options: NoOptions) -> np.ndarray:
     """EigenGrad-CAM maps ``[N,h,w]`` (float32): Eigen-CAM of G⊙A, map = ReLU(X̃·v₁) with X̃ = (G⊙A) as (Z×C)
     centred per channel and v₁ its first right singular vector (sign: Σ_c v₁c > 0)."""
-    a, g = check_pair(activations, gradients)
+    a, g = check_pair(ctx.activations, ctx.gradients)
     return np.maximum(principal_projection(a.astype(np.float64) * g.astype(np.float64)), 0.0).astype(np.float32)
 
 
 @graph_form("eigencam")
-def eigencam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int]) -> str:
+def eigencam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
+                   options: NoOptions) -> str:
     """:func:`eigencam` as ONNX nodes: ReLU of :func:`principal_projection_graph` of A."""
     return b.op("Relu", principal_projection_graph(b, activations, shape))
 
 
 @graph_form("eigengradcam")
-def eigengradcam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int]) -> str:
+def eigengradcam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
+                       options: NoOptions) -> str:
     """:func:`eigengradcam` as ONNX nodes: ReLU of :func:`principal_projection_graph` of G⊙A."""
     return b.op("Relu", principal_projection_graph(b, b.op("Mul", activations, gradients), shape))

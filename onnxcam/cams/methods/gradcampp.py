@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from numbers import Real
 
 import numpy as np
 
-from onnxcam.cams.base import as_float64, check_pair, graph_form, register, weighted_sum_graph
+from onnxcam.cams.base import CAMContext, Options, as_float64, check_pair, graph_form, register, weighted_sum_graph
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.graph_builder import GraphBuilder
 
@@ -14,14 +15,27 @@ from onnxcam.core.graph_builder import GraphBuilder
 EPS = 1e-6
 
 
+@dataclass(frozen=True)
+class GradCAMPPOptions(Options):
+    """``eps``: added to the α denominator (default 1e-6, pytorch-grad-cam's); ``eps=0`` gives the paper's α."""
+
+    eps: float = EPS
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+
+
 @register(
     "gradcampp",
+    options=GradCAMPPOptions,
+    uses_gradients=True,
+    uses_model=False,
     normalise="minmax",
-    options=("eps",),
+    reference="GradCAMPlusPlus",
     description="Grad-CAM++: alpha = G^2 / (2 G^2 + sum_ab A * G^3), w_c = sum_ij alpha * ReLU(G), "
     "map = ReLU(sum_c w_c A_c)",
 )
-def gradcampp(activations: np.ndarray, gradients: np.ndarray, eps: float = EPS) -> np.ndarray:
+def gradcampp(ctx: CAMContext, options: GradCAMPPOptions) -> np.ndarray:
     """Grad-CAM++ maps ``[N,h,w]`` (float32).
 
     Per channel c with S_c = Σ_ab A_c,ab: α_c,ij = G² / (2G² + S_c·G³ + ε) at (c, i, j), and α = 0 where
@@ -29,10 +43,9 @@ def gradcampp(activations: np.ndarray, gradients: np.ndarray, eps: float = EPS) 
     ε = ``eps`` (default 1e-6, pytorch-grad-cam's); it is not negligible next to 2G² when gradients are
     ~1e-3, so ``eps=0`` gives the paper's exact α = 1 / (2 + S_c·G).
     """
-    _check_eps(eps)
-    a, g = check_pair(activations, gradients)
+    a, g = check_pair(ctx.activations, ctx.gradients)
     n, c, h, w = a.shape
-    weights = gradcampp_weights(a, g, eps)
+    weights = gradcampp_weights(a, g, options.eps)
     cams = np.einsum("nc,ncz->nz", weights, a.reshape(n, c, h * w).astype(np.float64))
     return np.maximum(cams, 0.0).reshape(n, h, w).astype(np.float32)
 
@@ -52,11 +65,11 @@ def gradcampp_weights(activations: np.ndarray, gradients: np.ndarray, eps: float
 
 @graph_form("gradcampp")
 def gradcampp_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
-                    eps: float = EPS) -> str:
+                    options: GradCAMPPOptions) -> str:
     """:func:`gradcampp` as ONNX nodes: α = G² / (2G² + S·G³ + ε) where G ≠ 0 and the denominator ≠ 0, else 0;
     w = Σ_ij α·ReLU(G); ReLU(Σ_c w_c A_c)."""
     activations, gradients = as_float64(b, activations, gradients)
-    _check_eps(eps)
+    eps = options.eps
     sums = b.reduce("ReduceSum", activations, [2, 3])
     g2 = b.op("Mul", gradients, gradients)
     cubic = b.op("Mul", b.op("Mul", sums, g2), gradients)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from scipy.spatial.distance import pdist, squareform
 
 EPS_FLOOR = 1e-5
 PERCENTILE = 25.0
@@ -47,7 +48,7 @@ def pair_distances(features: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
     Pairs of two all-zero rows (dead ReLU channels, often most of a layer) are 0 without arithmetic; the
     others are computed :data:`CHUNK` pairs at a time, so memory stays bounded whatever the number of pairs."""
     out = np.zeros(len(rows))
-    dead = ~features.any(axis=1)
+    dead = ~np.asarray(features.any(axis=1))
     todo = np.flatnonzero(~(dead[rows] & dead[cols]))
     for start in range(0, len(todo), CHUNK):
         part = todo[start:start + CHUNK]
@@ -222,8 +223,6 @@ def pair_percentile(features: np.ndarray, scan: PairScan, bound: float, q: float
 
 def plain_percentile(features: np.ndarray, q: float = PERCENTILE) -> float:
     """The same percentile from every pdist distance (the fallback, and the definition)."""
-    from scipy.spatial.distance import pdist
-
     k1, k2, frac = _order_positions(len(features), q)
     part = np.partition(pdist(features), [k1, k2])
     return lerp(part[k1], part[k2], frac)
@@ -291,7 +290,7 @@ def dbscan_partition(features: np.ndarray) -> tuple[np.ndarray, float | None, in
     if r < 2:
         return np.full(r, -1, dtype=np.int64), None, None
     min_samples = max(2, r // 20)
-    dead = ~features.any(axis=1)
+    dead = ~np.asarray(features.any(axis=1))
     if dead.sum() >= max(2, r // DEAD_FRACTION) and r - dead.sum() < DEAD_AS_ONE_MAX:
         return _dead_as_one(features, dead, min_samples)
     centred = features - features.mean(axis=0)
@@ -318,8 +317,6 @@ def _dead_as_one(features: np.ndarray, dead: np.ndarray, min_samples: int) -> tu
     neighbours; the first copy keeps the order of the rows, hence the cluster numbers. The pair list for eps
     is the reduced one plus each distance to the zero row z − 1 more times and z(z − 1)/2 zeros.
     """
-    from scipy.spatial.distance import pdist, squareform
-
     r, z = len(features), int(dead.sum())
     first = int(np.argmax(dead))
     kept = np.flatnonzero(~dead | (np.arange(r) == first))

@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from numbers import Real
-from typing import Any
 
 import numpy as np
 import onnx
@@ -39,7 +38,7 @@ from onnx import helper
 from scipy import ndimage, signal
 from threadpoolctl import threadpool_limits
 
-from onnxcam.cams.base import as_float64, check_pair, graph_form, register
+from onnxcam.cams.base import CAMContext, Options, as_float64, check_pair, graph_form, register
 from onnxcam.cams.methods.cfcam.clustering import dbscan_partition, percentile
 from onnxcam.cams.methods.cfcam.clustering_graph import BIG, dbscan_labels_graph
 from onnxcam.core.errors import OnnxcamError
@@ -58,7 +57,6 @@ DEFAULTS: dict[str, object] = {
 }
 # What mode="authors" uses (their public code): bilateral filter, softmax, noise dropped; sigma unused.
 AUTHORS: dict[str, object] = {"filter": "bilateral", "weighting": "softmax", "drop_noise": True}
-OPTIONS: tuple[str, ...] = tuple(DEFAULTS)
 
 # Below this many channels an image takes about two milliseconds, much of it Python-level work that holds the GIL,
 # and one loop beats the thread pool (measured, batch 8 on 2 cores, ms per image, loop vs threads: 512 channels
@@ -106,6 +104,30 @@ class CFCAMDetails:
     settings: CFCAMSettings
 
 
+@dataclass(frozen=True)
+class CFCAMOptions(Options):
+    """CF-CAM's options as the user gives them; None means "the default, or what ``mode`` sets" (DEFAULTS,
+    AUTHORS). :attr:`settings` applies them; the embedded metadata records only the options that are not None."""
+
+    filter: str | None = None
+    sigma: float | None = None
+    weighting: str | None = None
+    drop_noise: bool | None = None
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        self.settings  # noqa: B018  (validates: one-line errors for bad values and conflicts with mode)
+
+    @property
+    def settings(self) -> CFCAMSettings:
+        """The options resolved (defaults and ``mode`` applied)."""
+        return resolve_options(filter=self.filter, sigma=self.sigma, weighting=self.weighting,
+                               drop_noise=self.drop_noise, mode="onnxcam" if self.mode is None else self.mode)
+
+    def canonical(self) -> object:
+        return self.settings
+
+
 def resolve_options(
     filter: str | None = None,
     sigma: float | None = None,
@@ -118,20 +140,22 @@ def resolve_options(
     ``mode="authors"`` forces filter="bilateral", weighting="softmax", drop_noise=True; an option given
     explicitly with another value (or any sigma other than 1) raises OnnxcamError naming the conflict.
     """
-    given = {k: v for k, v in {"filter": filter, "sigma": sigma, "weighting": weighting,
-                                "drop_noise": drop_noise}.items() if v is not None}
-    filter, sigma, weighting, drop_noise = ({**DEFAULTS, **given}[k] for k in ("filter", "sigma", "weighting",
-                                                                               "drop_noise"))
+    given: dict[str, object] = {k: v for k, v in {"filter": filter, "sigma": sigma, "weighting": weighting,
+                                                   "drop_noise": drop_noise}.items() if v is not None}
+    chosen = {**DEFAULTS, **given}
     if not isinstance(mode, str) or mode not in MODES:
         raise OnnxcamError(f"cfcam: mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not isinstance(filter, str) or filter not in FILTERS:
-        raise OnnxcamError(f"cfcam: filter must be one of {', '.join(FILTERS)}, got {filter!r}")
-    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
-        raise OnnxcamError(f"cfcam: weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, Real) or not (0 < float(sigma) < np.inf):
-        raise OnnxcamError(f"cfcam: sigma must be a positive number, got {sigma!r}")
-    if not isinstance(drop_noise, (bool, np.bool_)):
-        raise OnnxcamError(f"cfcam: drop_noise must be true or false, got {drop_noise!r}")
+    chosen_filter, chosen_sigma = chosen["filter"], chosen["sigma"]
+    chosen_weighting, chosen_drop = chosen["weighting"], chosen["drop_noise"]
+    if not isinstance(chosen_filter, str) or chosen_filter not in FILTERS:
+        raise OnnxcamError(f"cfcam: filter must be one of {', '.join(FILTERS)}, got {chosen_filter!r}")
+    if not isinstance(chosen_weighting, str) or chosen_weighting not in WEIGHTINGS:
+        raise OnnxcamError(f"cfcam: weighting must be one of {', '.join(WEIGHTINGS)}, got {chosen_weighting!r}")
+    if (isinstance(chosen_sigma, (bool, np.bool_)) or not isinstance(chosen_sigma, Real)
+            or not (0 < float(chosen_sigma) < np.inf)):
+        raise OnnxcamError(f"cfcam: sigma must be a positive number, got {chosen_sigma!r}")
+    if not isinstance(chosen_drop, (bool, np.bool_)):
+        raise OnnxcamError(f"cfcam: drop_noise must be true or false, got {chosen_drop!r}")
     if mode == "authors":
         conflicts = [
             f"{key}={value!r}"
@@ -151,7 +175,8 @@ def resolve_options(
             drop_noise=True,
             mode=mode,
         )
-    return CFCAMSettings(filter=filter, sigma=float(sigma), weighting=weighting, drop_noise=bool(drop_noise), mode=mode)
+    return CFCAMSettings(filter=chosen_filter, sigma=float(chosen_sigma), weighting=chosen_weighting,
+                         drop_noise=bool(chosen_drop), mode=mode)
 
 
 def bilateral_filter(
@@ -227,6 +252,11 @@ def cfcam_details(
 ) -> CFCAMDetails:
     """CF-CAM for one image (A, G ``[C,h,w]``), returning every intermediate result (see module doc)."""
     settings = resolve_options(filter=filter, sigma=sigma, weighting=weighting, drop_noise=drop_noise, mode=mode)
+    return details_with(activations, gradients, settings)
+
+
+def details_with(activations: np.ndarray, gradients: np.ndarray, settings: CFCAMSettings) -> CFCAMDetails:
+    """:func:`cfcam_details` with the options already resolved."""
     a = np.asarray(activations, dtype=np.float64)
     g = np.asarray(gradients, dtype=np.float64)
     if a.ndim != 3 or a.shape != g.shape or a.shape[0] == 0:
@@ -283,26 +313,29 @@ def cfcam_details(
 
 @register(
     "cfcam",
+    options=CFCAMOptions,
+    uses_gradients=True,
+    uses_model=False,
     normalise="max",
-    options=OPTIONS,
+    reference=None,
     description="CF-CAM: DBSCAN channel clustering, cluster-filtered gradients, hierarchical weights",
 )
-def cfcam(activations: np.ndarray, gradients: np.ndarray, **options: Any) -> np.ndarray:
+def cfcam(ctx: CAMContext, options: CFCAMOptions) -> np.ndarray:
     """CF-CAM maps ``[N,h,w]`` (float32): map = ReLU(Σ_{c∈V} α_c A_c), each image computed independently;
     ``options`` are :func:`cfcam_details`'s (filter, sigma, weighting, drop_noise, mode)."""
-    resolve_options(**options)  # fail fast, even for an empty batch
-    a, g = check_pair(activations, gradients)
+    settings = options.settings
+    a, g = check_pair(ctx.activations, ctx.gradients)
     out = np.zeros((a.shape[0], a.shape[2], a.shape[3]), dtype=np.float32)
     workers = min(len(a), os.cpu_count() or 1)
     # BLAS single-threaded: its threads cost more than they save on one image's small products.
     with threadpool_limits(limits=1):
         if workers <= 1 or a.shape[1] < PARALLEL_MIN_CHANNELS:
             for i in range(a.shape[0]):
-                out[i] = cfcam_details(a[i], g[i], **options).cam
+                out[i] = details_with(a[i], g[i], settings).cam
             return out
         # the Gram product, the comparisons and the partition release the GIL: one image per core.
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, details in enumerate(pool.map(lambda j: cfcam_details(a[j], g[j], **options), range(len(a)))):
+            for i, details in enumerate(pool.map(lambda j: details_with(a[j], g[j], settings), range(len(a)))):
                 out[i] = details.cam
     return out
 
@@ -410,11 +443,10 @@ def _image_graph(b: GraphBuilder, a: str, g: str, shape: tuple[int, int, int], s
 
 @graph_form("cfcam")
 def cfcam_graph(b: GraphBuilder, activations: str, gradients: str, shape: tuple[int, int, int],
-                filter: str | None = None, sigma: float | None = None, weighting: str | None = None,
-                drop_noise: bool | None = None, mode: str = "onnxcam") -> str:
+                options: CFCAMOptions) -> str:
     """:func:`cfcam` as ONNX nodes: a Loop over the images of the batch, each computing steps 1–4 in float64
     (the clustering: :func:`onnxcam.cams.methods.cfcam.clustering_graph.dbscan_labels_graph`)."""
-    settings = resolve_options(filter=filter, sigma=sigma, weighting=weighting, drop_noise=drop_noise, mode=mode)
+    settings = options.settings
     a64, g64 = as_float64(b, activations, gradients)
     body = b.subgraph()
     iteration, condition = body.name("image"), body.name("cond")

@@ -1,0 +1,1 @@
+"""The commands of ``onnxcam``, one module each; every module defines a click command named ``command``."""
