@@ -15,7 +15,7 @@ nn = torch.nn
 
 from onnxcam.core.errors import OnnxcamError, UnsupportedOpError  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
-from onnxcam.frontends.torch_export import check_parity  # noqa: E402
+from onnxcam.frontends.torch_parity import check_parity  # noqa: E402
 
 
 class Net(nn.Module):

@@ -22,7 +22,7 @@ nn = torch.nn
 F = nn.functional
 
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
-from onnxcam.frontends.torch_export import check_parity, relative_error  # noqa: E402
+from onnxcam.frontends.torch_parity import check_parity, relative_error  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -324,11 +324,11 @@ def test_only_path_through_piecewise_constant_op_gives_zero_gradient(op):
 
 def _first_wins_reduce_max(v):
     """A wrong tie rule: every tied position gets the whole gradient."""
-    from onnxcam.autodiff.rules import _kept, _reduce_axes
+    from onnxcam.autodiff.rules.reduce import kept, reduce_axes
 
-    axes = _reduce_axes(v, 18)
-    hit = v.b.op("Equal", v.x, _kept(v, v.y, axes))
-    return [v.mask(hit, _kept(v, v.g, axes)), None]
+    axes = reduce_axes(v, 18)
+    hit = v.b.op("Equal", v.x, kept(v, v.y, axes))
+    return [v.mask(hit, kept(v, v.g, axes)), None]
 
 
 BROKEN = {

@@ -1,5 +1,6 @@
-"""The spatial gradient rules (exporter/rules_spatial.py, and the negative-step Slice / reflect-edge-wrap Pad
-extensions of rules.py).
+"""The spatial gradient rules (onnxcam/autodiff/rules/: resize.py, conv_pool.py, linear.py's Einsum,
+normalisation.py's GroupNormalization / LRN, and shape.py's layout ops, negative-step Slice and reflect / edge /
+wrap Pad).
 
 Ops torch emits are checked against torch.autograd through tiny exported modules (the exported graph is checked
 to hold the op in the intended form). The others are written with onnx.helper — image → Conv → feat → op →
@@ -22,16 +23,13 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = nn.functional
 
-from onnxcam.autodiff.rules import (  # noqa: E402
-    RULES,
-    VJP,
-    rules_spatial,  # noqa: E402
-)
+from onnxcam.autodiff.rules import RULES, VJP  # noqa: E402
+from onnxcam.autodiff.rules import resize as resize_rules  # noqa: E402
 from onnxcam.core.errors import UnsupportedOpError  # noqa: E402
 from onnxcam.core.graph_builder import GraphBuilder, set_ir_version  # noqa: E402
 from onnxcam.core.tensor_info import TensorInfo  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
-from onnxcam.frontends.torch_export import check_parity, relative_error  # noqa: E402
+from onnxcam.frontends.torch_parity import check_parity, relative_error  # noqa: E402
 from tests.test_rules import Lambda  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -505,8 +503,8 @@ def test_unsupported_forms_name_the_node(case, message):
 
 def test_wrong_resize_matrix_is_caught(monkeypatch):
     """The checks can fail: a Resize rule that ignores the coordinate mode (always asymmetric) is refused."""
-    real = rules_spatial.resize_matrix
-    monkeypatch.setattr(rules_spatial, "resize_matrix", lambda mode, coord, *args, **kw: real(mode, "asymmetric",
+    real = resize_rules.resize_matrix
+    monkeypatch.setattr(resize_rules, "resize_matrix", lambda mode, coord, *args, **kw: real(mode, "asymmetric",
                                                                                               *args, **kw))
     with pytest.raises(AssertionError):
         check_case(RESIZE_CASES["linear_half_pixel_x2"]())

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxcam.autodiff.rules import RULES, VJP
+from onnxcam.autodiff.rules import RULES, VJP, carries_gradient
 from onnxcam.classifier.view import ClassifierView, open_classifier
 from onnxcam.core.contract import TARGETS, target_output_names
 from onnxcam.core.errors import OnnxcamError, UnsupportedOpError
@@ -27,18 +27,14 @@ from onnxcam.core.tensor_info import TensorInfo
 
 #: The opset the pass needs (ScatterElements with ``reduction="add"``); older graphs are converted to 17.
 SCATTER_ADD_OPSET = 16
-#: Ops whose outputs carry no gradient (shapes, indices, comparisons).
-NON_DIFFERENTIABLE = {
-    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not",
-    "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range", "IsNaN", "IsInf", "Constant", "EyeLike",
-}
 
 
 def _dependents(graph: onnx.GraphProto, info: TensorInfo, source: str) -> set[str]:
-    """Float tensors whose value depends on ``source`` through differentiable ops."""
+    """Float tensors whose value depends on ``source`` through ops that carry a gradient (not the no-gradient
+    rows of the table: shapes, indices, comparisons)."""
     dep = {source}
     for node in graph.node:
-        if node.op_type in NON_DIFFERENTIABLE or not any(i in dep for i in node.input):
+        if not carries_gradient(node.op_type) or not any(i in dep for i in node.input):
             continue
         for out in node.output:
             if out and info.is_float(out) is not False:
