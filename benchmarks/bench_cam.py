@@ -54,6 +54,12 @@ class ModelSpec:
     preprocessing: dict | None = None
 
 
+def export(spec: ModelSpec, folder: str | pathlib.Path) -> pathlib.Path:
+    """``spec`` exported with onnxcam into ``folder`` (gradients at its layer, checked against torch)."""
+    return export_torch(spec.module, pathlib.Path(folder) / f"{spec.name}.onnx", target_layer=spec.layer,
+                        input_shape=spec.input_shape, preprocessing=spec.preprocessing)
+
+
 def build(name: str, size: int) -> ModelSpec:
     """resnet18/resnet50 with seeded random weights, or the real EfficientNet-Lite0."""
     if name == "efficientnet_lite0":
@@ -102,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             spec = build(name, args.size)
             print(f"[{time.time() - started:6.0f}s] exporting {name} at {spec.layer}", file=sys.stderr)
-            path = export_torch(spec.module, pathlib.Path(tmp) / f"{name}.onnx", target_layer=spec.layer,
-                                input_shape=spec.input_shape, preprocessing=spec.preprocessing)
+            path = export(spec, tmp)
             explainer = Explainer(path, providers=args.device, batch_size=args.pass_batch)
 
             def baseline(method: str, spec: ModelSpec = spec) -> Any:

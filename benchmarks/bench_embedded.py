@@ -28,11 +28,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_cam import build  # noqa: E402  (the models, as bench_cam builds them)
+from bench_cam import build, export  # noqa: E402  (the models, as bench_cam builds and exports them)
 
 from onnxcam.cams.embed import embed_cams, embeddable  # noqa: E402
 from onnxcam.evaluation.benchmark import forward_floor, machine, measure  # noqa: E402
-from onnxcam.exporter import export_torch  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
 from onnxcam.runtime.session import create_session, session_options  # noqa: E402
 from sample_models.photos import photographs  # noqa: E402
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             spec = build(name, args.size)
             print(f"[{time.time() - started:5.0f}s] exporting {name} at {spec.layer}", file=sys.stderr)
-            path = export_torch(spec.module, pathlib.Path(tmp) / f"{name}.onnx", target_layer=spec.layer,
-                                input_shape=spec.input_shape, preprocessing=spec.preprocessing)
+            path = export(spec, tmp)
             explainer = Explainer(path, providers=args.device, session_options=options)
             floor = forward_floor(explainer)
             print(f"[{time.time() - started:5.0f}s] providers {explainer.providers}", file=sys.stderr)

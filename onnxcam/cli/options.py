@@ -26,6 +26,14 @@ def input_options(fn: Callable) -> Callable:
                         help="Image size for a model whose input height/width are dynamic, e.g. 224x224.")(fn)
 
 
+def heatmap_options(fn: Callable) -> Callable:
+    """``--alpha`` and ``--colormap``: how the heatmap is drawn over the picture."""
+    fn = click.option("--colormap", default="jet", show_default=True,
+                      help="Heatmap colormap (an OpenCV name, e.g. jet, turbo, inferno).")(fn)
+    return click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+                        help="Heatmap opacity over the picture.")(fn)
+
+
 def preprocessing_options(fn: Callable) -> Callable:
     """``--resize``, ``--crop``, ``--scale``, ``--mean``, ``--std``, ``--channel-order``."""
     for decorator in reversed([

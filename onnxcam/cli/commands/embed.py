@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxcam.cams.embed import embed_cams
-from onnxcam.cli.options import cam_options, input_options, input_size, method_list, output_file
+from onnxcam.cli.options import cam_options, heatmap_options, input_options, input_size, method_list, output_file
 from onnxcam.core.metadata import read_metadata
 from onnxcam.core.model_io import load_model, write_model
 
@@ -18,8 +18,7 @@ from onnxcam.core.model_io import load_model, write_model
 @click.option("--cam-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True,
               help="cam_<method> as float32 in [0,1], or uint8 levels 0-255.")
 @click.option("--overlay", is_flag=True, help="Also output overlay_<method>: [N,H,W,3] uint8 heatmap over the image.")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Overlay opacity.")
-@click.option("--colormap", default="jet", show_default=True, help="Overlay colormap (an OpenCV name).")
+@heatmap_options
 @click.option("--layer", "layers", multiple=True, help="Target layer (default: the file's, or the last feature map).")
 @input_options
 @click.option("-o", "--output", required=True, help="Path of the .onnx file to write.")

@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from onnxcam.cams import METHODS
-from onnxcam.cli.options import explainer_input, input_options, preprocessing_options
+from onnxcam.cli.options import explainer_input, heatmap_options, input_options, preprocessing_options
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.runs.config import ModelInput, RunConfig
 from onnxcam.runs.image_paths import collect_images
@@ -46,8 +46,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: Ray Data actors (pip install onnxcam[ray]).")
 @click.option("--address", default=None, help="With --engine ray: the Ray cluster to join (default: a local Ray).")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Heatmap opacity.")
-@click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
+@heatmap_options
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
               help="ONNX Runtime intra-op threads (0: one per physical core).")
 @input_options

@@ -102,4 +102,4 @@ def test_preprocess_matches_constants(data):
 
 def test_module_does_not_import_torch():
     code = "import sys, sample_models.shapes_data; sys.exit(int('torch' in sys.modules))"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -77,7 +77,7 @@ def test_candidates_flag_default_flow_and_targets(resnet):
 
 
 def test_candidates_say_where_gradients_cannot_flow(tmp_path):
-    from tests.test_rules import _tiny_graph
+    from tests.autodiff.test_rules import _tiny_graph
 
     rows = {r.name: r for r in candidate_layers(_tiny_graph("Sin"))}
     assert rows["feat"].flows is False and "Sin" in rows["feat"].blocker

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 SAMPLE_MODEL = WEB / "sample" / "shapes_cnn.cam.onnx"
 SAMPLE_IMAGE = WEB / "sample" / "sample.png"

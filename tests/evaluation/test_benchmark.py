@@ -28,8 +28,7 @@ from onnxcam.evaluation.benchmark import (
     text_table,
 )
 from onnxcam.runtime import Explainer
-
-from .conftest import ROOT, SHAPES_MODEL
+from tests.conftest import ROOT, SHAPES_MODEL
 
 
 def test_ratios_and_tables() -> None:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from onnxcam.cli.main import main
 from tests.conftest import SHAPES_MODEL
-from tests.test_dataset_runs import SAMPLES, make_images, records
+from tests.runs.test_dataset_runs import SAMPLES, make_images, records
 
 pytest.importorskip("ray.data")
 

@@ -16,7 +16,7 @@ from scipy.spatial.distance import pdist
 from onnxcam.cams import finalise, get_method
 from onnxcam.cams.methods.cfcam import clustering as cc
 from onnxcam.cams.methods.cfcam.method import cfcam_details
-from tests.cfcam_reference import reference_cam, reference_partition
+from tests.cams.cfcam_reference import reference_cam, reference_partition
 
 cfcam = get_method("cfcam")  # a function of (activations, gradients, **options)
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "examples" / "node"
 SCRIPT = NODE_DIR / "explain.mjs"
 SHAPES_MODEL = ROOT / "sample_models" / "shapes_cnn.onnx"

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
     not all(importlib.util.find_spec(name) for name in ("tensorflow", "tf2onnx", "skimage")),
     reason="needs tensorflow, tf2onnx and scikit-image (the 'frameworks' and 'samples' extras)")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: What each builder subprocess builds, in order; tests run in the order the files become ready.
 WORKERS = (("MobileNetV2", "ResNet50"), ("EfficientNetB0", "ConvNeXtTiny"))
 ORDER = ["MobileNetV2", "EfficientNetB0", "ResNet50", "ConvNeXtTiny"]

@@ -9,8 +9,7 @@ import pytest
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.runtime import Explainer
 from onnxcam.runtime.session import run, session_options
-
-from .conftest import SHAPES_MODEL
+from tests.conftest import SHAPES_MODEL
 
 
 def test_options_are_applied() -> None:

@@ -30,7 +30,7 @@ from onnxcam.core.graph_builder import GraphBuilder, set_ir_version  # noqa: E40
 from onnxcam.core.tensor_info import TensorInfo  # noqa: E402
 from onnxcam.exporter import add_gradients, export_torch  # noqa: E402
 from onnxcam.frontends.torch_parity import check_parity, relative_error  # noqa: E402
-from tests.test_rules import Lambda  # noqa: E402
+from tests.autodiff.test_rules import Lambda  # noqa: E402
 
 TOLERANCE = 1e-4
 
