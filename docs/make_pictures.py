@@ -90,10 +90,11 @@ def vision_transformer() -> pathlib.Path:
 def label(tile: np.ndarray, text: str, *, bottom: bool = False, scale: float = 0.42) -> np.ndarray:
     """Write ``text`` on a dark band at the top (or bottom) of an RGB tile, in place."""
     (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
-    while w > tile.shape[1] - 6 and len(text) > 4:  # shorten to fit
-        text = text[:-2] + "…" if not text.endswith("…") else text[:-3] + "…"
-        (w, h), base = cv2.getTextSize(text.replace("…", "."), FONT, scale, 1)
-    text = text.replace("…", ".")
+    full = text
+    while w > tile.shape[1] - 10 and len(text) > 4:  # shorten to fit, marked with ".."
+        full = full[:-1]
+        text = full.rstrip() + ".."
+        (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
     band = h + base + 6
     y0 = tile.shape[0] - band if bottom else 0
     region = tile[y0:y0 + band, : w + 8]

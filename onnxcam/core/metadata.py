@@ -24,7 +24,7 @@ class CamMetadata:
     ``target_layers`` are the names a user gave (a torch module name or a tensor name);
     ``target_tensors`` the ONNX tensors they resolved to, in the order of the ``activations_i`` outputs;
     ``layouts`` one dict per target (``layout`` NCHW/NHWC/NTC, ``grid``, ``prefix_tokens``, see
-    runtime/layout.py) and ``layout`` the first one's kind.
+    :mod:`onnxcam.core.layout`) and ``layout`` the first one's kind.
     ``preprocessing``: ``x = (pixel·scale − mean) / std`` after an optional short-side ``resize`` and centre
     ``crop`` (``[H, W]``); with neither, the image is resized straight to the input size.
     ``input_size`` is ``[C, H, W]`` of the graph's NCHW ``input``; ``input_layout`` the layout of the source
