@@ -2,12 +2,13 @@
 
 Grad-CAM and the other methods are defined on the class score — the input of the final Softmax — not on
 the probability. When the model's output is made by a trailing Softmax / LogSoftmax / Sigmoid (possibly
-behind Identity, Reshape, Flatten or Squeeze), the score is that node's input; it is flattened to
-``[N, K]`` by an adapter node when it has extra unit axes.
+behind Identity, Reshape, Flatten or Squeeze), the score is that node's input. A score with extra unit axes
+(``[N,K,1,1]`` from a 1×1-convolution head, ``[N,1,K]``) is flattened to ``[N, K]`` by an adapter node.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import onnx
@@ -55,12 +56,14 @@ def find_score(model: onnx.ModelProto, output: str, info: TensorInfo) -> Score:
 
 
 def flatten_score(model: onnx.ModelProto, score: Score, info: TensorInfo) -> Score:
-    """``score`` as an ``[N, K]`` tensor: a Flatten adapter node is added when it has unit axes."""
+    """``score`` as an ``[N, K]`` tensor: a Flatten adapter node is added when it has unit axes — the input of a
+    final Softmax over ``[N,1,K]``, or a class score that comes out as ``[N,K,1,1]`` (a 1×1-convolution head) or
+    ``[N,1,K]``. Any other shape is left for the caller to refuse."""
     shape = info.shapes.get(score.tensor)
-    if score.tensor == score.output or shape is None or len(shape) == 2:
+    if shape is None or len(shape) <= 2 or None in shape[1:] or sum(d != 1 for d in shape[1:]) > 1:
         return score
     flat = f"{ADAPTER}score"
     model.graph.node.append(helper.make_node("Flatten", [score.tensor], [flat], axis=1, name=f"{ADAPTER}score"))
-    info.shapes[flat] = (None, shape[-1])
+    info.shapes[flat] = (None, math.prod(d for d in shape[1:] if d is not None))
     info.types[flat] = info.types.get(score.tensor, onnx.TensorProto.FLOAT)
     return Score(flat, score.kind, score.output)

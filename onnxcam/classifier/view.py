@@ -16,7 +16,14 @@ from onnxcam.classifier.scores import Score, find_score, flatten_score
 from onnxcam.classifier.torch_names import module_tensor
 from onnxcam.core.contract import ADAPTER, has_gradients, strip_gradients
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.core.graph_queries import opset_of, producers, rename_everywhere, resolve_tensor
+from onnxcam.core.graph_queries import (
+    ancestors,
+    image_dependents,
+    opset_of,
+    producers,
+    rename_everywhere,
+    resolve_tensor,
+)
 from onnxcam.core.metadata import CamMetadata, read_metadata
 from onnxcam.core.preprocessing import IMAGENET_PREPROCESSING
 from onnxcam.core.tensor_info import DynamicSizeError, TensorInfo, check_runs
@@ -145,9 +152,21 @@ def open_classifier(model: onnx.ModelProto, *, input_size: tuple[int, int] | Non
     if view.score.tensor != "logits" and "logits" in producers(graph):  # the model's own output is named 'logits'
         rename_everywhere(graph, "logits", f"{ADAPTER}model_output")
         view.info = TensorInfo(fixed)
+    view.probe(_open_shapes(fixed, view.info, view.score.tensor))
     view.candidates = candidates(fixed, view.info, view.score.tensor)
     view.default_layer = default_layer(view.candidates)
     return view
+
+
+def _open_shapes(model: onnx.ModelProto, info: TensorInfo, score: str) -> list[str]:
+    """The tensors on the image's path to ``score`` whose size ONNX's shape inference left open (a Pad or a
+    Resize whose sizes a graph computes at run time from Shape, as TensorFlow-style "same" padding does): one
+    ONNX Runtime run at the model's own input size learns them (:meth:`ClassifierView.probe`)."""
+    graph = model.graph
+    feeds = ancestors(graph, score) & image_dependents(graph)
+    return [out for node in graph.node for out in node.output
+            if out in feeds and info.is_float(out) is not False
+            and ((shape := info.shapes.get(out)) is None or None in shape[1:])]
 
 
 def _dynamic_size_error(model: onnx.ModelProto, info: TensorInfo, names: list[str], exc: Exception) -> OnnxcamError:

@@ -1,13 +1,21 @@
 """Running a PyTorch classifier so that it also returns chosen layers' outputs (forward hooks), and the model's
 final Softmax/Sigmoid module: what the exporter and the parity harness both need. torch is imported inside the
-functions only."""
+functions only.
+
+Models and layers need not return a bare tensor: a model's class scores are found by :func:`score_tensor`
+(tuple/list, dict, Hugging Face ``ModelOutput``), a target layer's output by :func:`_hidden_tensor` (the first
+tensor of a tuple/list/dict, e.g. the hidden state of a Swin stage's ``(hidden, attention)``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from onnxcam.core.errors import OnnxcamError
+
+OUTPUT_FIX = ("return the logits as a tensor, a tuple/list with them first, a dict with key 'logits', or an object "
+              "with a .logits tensor")
 
 
 def require_torch() -> Any:
@@ -27,9 +35,65 @@ def module_of(model: Any, name: str) -> Any:
                            f"one of: {tops}") from None
 
 
+def score_tensor(output: Any) -> Any:
+    """The class-score tensor in a model's ``output``: the tensor itself, a tuple/list's first element, a dict's
+    ``logits`` entry (else its first tensor value; a Hugging Face ``ModelOutput`` is such a dict), or an object's
+    ``.logits`` tensor. Raises a one-line :class:`OnnxcamError` when none fits."""
+    found = _scores_in(output, require_torch())
+    if found is None:
+        raise OnnxcamError(f"the model returns {type(output).__name__} holding no class-score tensor; {OUTPUT_FIX}")
+    return found
+
+
+def _scores_in(output: Any, torch: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        found = output.get("logits")
+        if isinstance(found, torch.Tensor):
+            return found
+        return next((v for v in output.values() if isinstance(v, torch.Tensor)), None)
+    if isinstance(output, tuple | list):
+        return _scores_in(output[0], torch) if output else None
+    found = getattr(output, "logits", None)
+    return found if isinstance(found, torch.Tensor) else None
+
+
+def _hidden_tensor(output: Any) -> tuple[Any, Any]:
+    """A layer's ``output`` as ``(its first tensor, where)``: ``where`` is None for a tensor, the index in a
+    tuple/list, the key in a dict (Hugging Face ``ModelOutput`` included); ``(None, None)`` when it holds none."""
+    torch = require_torch()
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, tuple | list):
+        items: Any = enumerate(output)
+    elif isinstance(output, Mapping):
+        items = output.items()
+    else:
+        return None, None
+    return next(((v, where) for where, v in items if isinstance(v, torch.Tensor)), (None, None))
+
+
+def _replace_hidden(output: Any, where: Any, tensor: Any) -> Any:
+    """``output`` with its entry ``where`` (from :func:`_hidden_tensor`) replaced by ``tensor``; the rest of the
+    structure, and its type, kept (a tuple or list is rebuilt, a dict shallow-copied)."""
+    if where is None:
+        return tensor
+    if isinstance(output, tuple | list):
+        items = [tensor if i == where else v for i, v in enumerate(output)]
+        if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+            return type(output)(*items)
+        return type(output)(items)
+    replaced = copy.copy(output) if isinstance(output, MutableMapping) else dict(output)
+    replaced[where] = tensor
+    return replaced
+
+
 def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None) -> Any:
     """A module returning ``(logits, *layer outputs)``; hooks hand downstream a clone (in-place safe).
-    With ``score_module`` (the model's final Softmax/Sigmoid), ``logits`` is that module's input."""
+    ``logits`` is :func:`score_tensor` of the model's output, or with ``score_module`` (the model's final
+    Softmax/Sigmoid) that module's input. A layer returning a tuple/list/dict is taken at its first tensor
+    (:func:`_hidden_tensor`); downstream gets the same structure with the clone in that place."""
     torch = require_torch()
     layers = [module_of(model, name) for name in layer_names]
 
@@ -43,10 +107,12 @@ def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None) 
 
             def hook_for(name: str) -> Any:
                 def hook(_module: Any, _inputs: Any, output: Any) -> Any:
-                    if not isinstance(output, torch.Tensor):
-                        raise OnnxcamError(f"layer '{name}' returns {type(output).__name__}, not a tensor")
-                    store[name].append(output)
-                    return output.clone()
+                    hidden, where = _hidden_tensor(output)
+                    if hidden is None:
+                        raise OnnxcamError(f"layer '{name}' returns {type(output).__name__} holding no tensor; pick "
+                                           "a module that outputs the feature map (a tensor, or a tuple/dict with it)")
+                    store[name].append(hidden)
+                    return _replace_hidden(output, where, hidden.clone())
 
                 return hook
 
@@ -55,9 +121,8 @@ def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None) 
             if score_module is not None:
                 handles.append(score_module.register_forward_hook(lambda _m, inputs, _out: scores.append(inputs[0])))
             try:
-                logits = self.model(x)
-                if scores:
-                    logits = scores[-1].reshape(len(x), -1)
+                output = self.model(x)
+                logits = scores[-1].reshape(len(x), -1) if scores else score_tensor(output)
             finally:
                 for handle in handles:
                     handle.remove()

@@ -35,7 +35,38 @@ EXPORTERS = ("torchscript", "dynamo")
 
 def _export(wrapped: Any, targets: list[str], input_shape: tuple[int, int, int], opset: int | None,
             exporter: str) -> onnx.ModelProto:
-    """``wrapped`` (returning logits and the layers' outputs, named ``targets``) as ONNX, batch axis dynamic."""
+    """``wrapped`` (returning logits and the layers' outputs, named ``targets``) as ONNX, batch axis dynamic.
+
+    Not under ``torch.no_grad()``: with autograd off, ``nn.MultiheadAttention`` takes its fused fast path
+    (``aten::_native_multi_head_attention``), which the TorchScript exporter cannot export (torchvision's ViT).
+    A tensor that a model computes from its parameters and keeps (LeViT's attention-bias cache) is then refused
+    by torch's tracer as a constant that requires grad: that is a one-line error naming the fixes."""
+    try:
+        return _export_graph(wrapped, targets, input_shape, opset, exporter)
+    except RuntimeError as exc:
+        ours = _onnxcam_cause(exc)
+        if ours is not None:  # raised inside the model's forward; the dynamo exporter wraps it
+            raise ours from None
+        if "Cannot insert a Tensor that requires grad as a constant" not in str(exc):
+            raise
+        raise OnnxcamError("the model keeps a tensor computed from its parameters with gradients on (a cache filled "
+                           "by an earlier forward pass, e.g. LeViT's attention biases); reload the model, run earlier "
+                           "forward passes under torch.no_grad(), or use exporter='dynamo'") from None
+
+
+def _onnxcam_cause(exc: BaseException | None) -> OnnxcamError | None:
+    """The :class:`OnnxcamError` in ``exc``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OnnxcamError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _export_graph(wrapped: Any, targets: list[str], input_shape: tuple[int, int, int], opset: int | None,
+                  exporter: str) -> onnx.ModelProto:
     torch = require_torch()
     names = {"input_names": ["input"], "output_names": ["logits", *targets]}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -69,6 +100,10 @@ def export_torch(
     overlay: bool = False,
 ) -> pathlib.Path:
     """Export ``model`` to ``path`` as an onnxcam graph (docs/design.md §2) with gradients at ``target_layer``.
+
+    ``model`` may return its class scores as a tensor, a tuple/list (first element), a dict (``logits``) or a
+    Hugging Face ``ModelOutput`` (:func:`~onnxcam.frontends.torch_capture.score_tensor`); a ``target_layer`` that
+    returns a tuple/list/dict (a Swin stage's ``(hidden, attention)``) is taken at its first tensor.
 
     Exports on CPU with a dynamic batch axis (``exporter``: torch's "torchscript" exporter, opset 17 by default,
     or the "dynamo" one, opset 18 by default), runs :func:`add_gradients`,

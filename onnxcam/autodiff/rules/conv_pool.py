@@ -19,6 +19,15 @@ load time: nothing is added to the file but a few index constants.
   (a bit-identical copy, ``VJP.own_copy``) when it is per-group square; the same for a ConvTranspose's backward
   Conv.
 
+Grouped and depthwise convolutions keep their group: the backward Conv / ConvTranspose has the forward node's
+``group`` and a [C_in, C_out/g, k…] weight (per group transposed by Reshape → Transpose → Reshape; a Reshape alone
+when one side has one channel per group; the weight itself, reversed, for a depthwise one), never a dense
+[C, C, k…] one, so its size is the forward weight's whatever the channel count. OpenVINO's cache key only collides
+where the per-group weight is square (C_in/g == C_out/g > 1), so only those get their own copy; a depthwise weight
+(one channel per group) reads the same either way. An AveragePool's backward is a depthwise ConvTranspose with an
+all-ones kernel, cut to the part of the window that can reach the input (a pool window of 2560 on a 19×19 map,
+Hugging Face EfficientNet-B7's, would otherwise make a 62.5 GiB [2560, 1, 2560, 2560] kernel).
+
 docs/design.md ("OpenVINO") has the measurements.
 """
 
@@ -27,6 +36,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import numpy_helper
 
 from onnxcam.autodiff.registry import VJP, Grads, rule
 
@@ -160,7 +170,12 @@ def conv_transpose(v: VJP) -> Grads:
 
 @rule("AveragePool")
 def average_pool(v: VJP) -> Grads:
-    """dx = depthwise ConvTranspose(g / divisor, ones): divisor per output position (count_include_pad)."""
+    """dx = depthwise ConvTranspose(g / divisor, ones): divisor per output position (count_include_pad).
+
+    The ones kernel is [C, 1, k…]: a window longer than the padded input (Hugging Face EfficientNet pools with
+    ``AvgPool2d(hidden_dim, ceil_mode=True)``: a 2560×2560 window on a 19×19 map for B7, so a [2560, 1, 2560, 2560]
+    kernel, 62.5 GiB) is cut to the part that can overlap the input (``_reachable_window``), and that kernel,
+    the size of an input map, is a ConstantOfShape rather than an initializer."""
     xs, ys, k, s, d, pads = _spatial(v)
     if any(dd != 1 for dd in d):
         raise v.fail("dilated AveragePool is not supported")
@@ -173,8 +188,33 @@ def average_pool(v: VJP) -> Grads:
         length = np.minimum(start + k[i], hi) - np.maximum(start, lo)
         divisor = np.multiply.outer(divisor, length.astype(np.float32))
     scaled = v.b.op("Div", v.g, v.b.const(divisor))
-    ones = v.b.const(np.ones([channels, 1, *k], np.float32))
+    cut, pads = _reachable_window(xs, ys, k, s, pads)
+    if cut == k:
+        ones = v.b.const(np.ones([channels, 1, *k], np.float32))
+    else:  # as large as an input map: made at load time, not stored in the file
+        ones = v.b.op("ConstantOfShape", v.b.ints([channels, 1, *cut]),
+                      value=numpy_helper.from_array(np.ones(1, np.float32)))
+        k = cut
     return [_transpose_back(v, scaled, channels, k, s, [1] * nd, pads, xs, ys, ones)]
+
+
+def _reachable_window(xs: list[int], ys: list[int], k: list[int], s: list[int], pads: list[int],
+                      ) -> tuple[list[int], list[int]]:
+    """(kernel, pads) of an undilated pool's backward ConvTranspose with every window axis longer than
+    ``pads_begin + input`` cut to that length; the other axes as they are.
+
+    Window o covers kernel offsets j at input position o·s − p_begin + j; an input position is < x, so an offset
+    j ≥ x + p_begin (≥ x + p_begin − o·s for o ≥ 0) never lands on the input: the ConvTranspose with the shorter
+    all-ones kernel gives the same input gradient, at a cost (memory and time) bounded by the padded input's size
+    instead of the window's. The cut axis' end pad becomes the (ys − 1)·s positions the shorter kernel's
+    ConvTranspose output still overhangs the input by, so ``_transpose_back`` needs no output padding there."""
+    nd, k, pads = len(xs), list(k), list(pads)
+    for i in range(nd):
+        reach = xs[i] + pads[i]
+        if k[i] > reach:
+            k[i] = reach
+            pads[i + nd] = (ys[i] - 1) * s[i]
+    return k, pads
 
 
 @rule("MaxPool")
