@@ -16,7 +16,7 @@ from onnxcam.classifier.view import open_classifier
 from onnxcam.core.contract import TARGETS
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.metadata import read_metadata, write_metadata
-from onnxcam.core.model_io import write_model
+from onnxcam.core.model_io import output_file, write_model
 from onnxcam.core.preprocessing import check_preprocessing
 
 
@@ -31,10 +31,7 @@ def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_
     src, dst = pathlib.Path(model_path), pathlib.Path(output)
     if not src.is_file():
         raise OnnxcamError(f"model '{src}' does not exist; check the path")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise OnnxcamError(f"the output '{dst}' is the input model; write the annotated copy to another path with -o")
-    if dst.is_dir():
-        raise OnnxcamError(f"the output '{dst}' is a folder; give a file path such as {dst / src.name}")
+    output_file(src, dst, "annotated copy")
     try:
         model = onnx.load(str(src), load_external_data=False)
     except Exception:  # noqa: BLE001 - protobuf raises several types

@@ -24,11 +24,16 @@ class Candidate:
     shape: Shape
 
 
-def candidates(model: onnx.ModelProto, info: TensorInfo, score: str) -> list[Candidate]:
-    """Every 4-D (spatial size > 1) or 3-D float tensor computed from the image that feeds ``score``, in graph
-    order: never weights, Constant outputs, tensors computed from weights alone, or onnxcam's adapter nodes."""
+def feeding(model: onnx.ModelProto, score: str) -> set[str]:
+    """The tensors computed from the image that feed ``score``: never weights, Constant outputs or tensors
+    computed from weights alone."""
+    return ancestors(model.graph, score) & image_dependents(model.graph)
+
+
+def candidates(model: onnx.ModelProto, info: TensorInfo, feeds_score: set[str]) -> list[Candidate]:
+    """Every 4-D (spatial size > 1) or 3-D float tensor of ``feeds_score`` (:func:`feeding`), in graph order,
+    except the outputs of onnxcam's adapter nodes."""
     graph = model.graph
-    feeds_score = ancestors(graph, score) & image_dependents(graph)
     made_by = producers(graph)
     found = []
     for node in graph.node:

@@ -11,14 +11,12 @@ import onnx
 from onnx import helper
 
 from onnxcam.classifier.inputs import ImageInput, fix_model_input, image_input
-from onnxcam.classifier.layers import DEFAULT_RULE, Candidate, candidates, default_layer
+from onnxcam.classifier.layers import DEFAULT_RULE, Candidate, candidates, default_layer, feeding
 from onnxcam.classifier.scores import Score, find_score, flatten_score
 from onnxcam.classifier.torch_names import module_tensor
 from onnxcam.core.contract import ADAPTER, has_gradients, strip_gradients
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.graph_queries import (
-    ancestors,
-    image_dependents,
     opset_of,
     producers,
     rename_everywhere,
@@ -152,19 +150,18 @@ def open_classifier(model: onnx.ModelProto, *, input_size: tuple[int, int] | Non
     if view.score.tensor != "logits" and "logits" in producers(graph):  # the model's own output is named 'logits'
         rename_everywhere(graph, "logits", f"{ADAPTER}model_output")
         view.info = TensorInfo(fixed)
-    view.probe(_open_shapes(fixed, view.info, view.score.tensor))
-    view.candidates = candidates(fixed, view.info, view.score.tensor)
+    feeds = feeding(fixed, view.score.tensor)
+    view.probe(_open_shapes(fixed, view.info, feeds))
+    view.candidates = candidates(fixed, view.info, feeds)
     view.default_layer = default_layer(view.candidates)
     return view
 
 
-def _open_shapes(model: onnx.ModelProto, info: TensorInfo, score: str) -> list[str]:
-    """The tensors on the image's path to ``score`` whose size ONNX's shape inference left open (a Pad or a
-    Resize whose sizes a graph computes at run time from Shape, as TensorFlow-style "same" padding does): one
-    ONNX Runtime run at the model's own input size learns them (:meth:`ClassifierView.probe`)."""
-    graph = model.graph
-    feeds = ancestors(graph, score) & image_dependents(graph)
-    return [out for node in graph.node for out in node.output
+def _open_shapes(model: onnx.ModelProto, info: TensorInfo, feeds: set[str]) -> list[str]:
+    """The float tensors of ``feeds`` (those on the image's path to the score) whose size ONNX's shape inference
+    left open (a Pad or a Resize whose sizes a graph computes at run time from Shape, as TensorFlow-style "same"
+    padding does): one ONNX Runtime run at the model's own input size learns them (:meth:`ClassifierView.probe`)."""
+    return [out for node in model.graph.node for out in node.output
             if out in feeds and info.is_float(out) is not False
             and ((shape := info.shapes.get(out)) is None or None in shape[1:])]
 

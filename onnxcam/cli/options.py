@@ -1,12 +1,11 @@
 """What several commands share: the image input options (size, layout), the preprocessing overrides, method
-lists and options, model factories and output paths."""
+lists and options, model factories."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
-import pathlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -116,13 +115,3 @@ def factory_model(spec: str) -> Any:
     except (ImportError, AttributeError) as exc:
         raise OnnxcamError(f"cannot load '{spec}': {exc}") from None
     return factory()
-
-
-def output_file(model: str, output: str, what: str = "copy") -> pathlib.Path:
-    """``output`` as the path of the model file (``what``) to write: never the input model itself, never a folder."""
-    src, dst = pathlib.Path(model), pathlib.Path(output)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise OnnxcamError(f"the output '{dst}' is the input model; write the {what} to another path with -o")
-    if dst.is_dir():
-        raise OnnxcamError(f"the output '{dst}' is a folder; give a file path such as {dst / src.name}")
-    return dst

@@ -82,3 +82,13 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def output_file(model: str | os.PathLike, output: str | os.PathLike, what: str = "copy") -> pathlib.Path:
+    """``output`` as the path of the model file (``what``) to write: never the input model itself, never a folder."""
+    src, dst = pathlib.Path(model), pathlib.Path(output)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise OnnxcamError(f"the output '{dst}' is the input model; write the {what} to another path with -o")
+    if dst.is_dir():
+        raise OnnxcamError(f"the output '{dst}' is a folder; give a file path such as {dst / src.name}")
+    return dst

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from onnxcam.cams.embed import embed_cams
-from onnxcam.cli.options import cam_options, heatmap_options, input_options, input_size, method_list, output_file
+from onnxcam.cli.options import cam_options, heatmap_options, input_options, input_size, method_list
 from onnxcam.core.metadata import read_metadata
-from onnxcam.core.model_io import load_model, write_model
+from onnxcam.core.model_io import load_model, output_file, write_model
 
 
 @click.command("embed")
