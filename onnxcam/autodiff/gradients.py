@@ -15,12 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxcam.autodiff.rules import RULES, VJP, carries_gradient
+from onnxcam.autodiff.precision import FloatViews, carries_quantized, quant_params
+from onnxcam.autodiff.rules import RULES, VJP, carries_gradient, reads_quantized
 from onnxcam.classifier.view import ClassifierView, open_classifier
 from onnxcam.core.contract import TARGETS, target_output_names
 from onnxcam.core.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
-from onnxcam.core.graph_queries import ancestors, opset_of
+from onnxcam.core.graph_queries import ancestors, opset_of, rename_everywhere
 from onnxcam.core.layout import infer_layout
 from onnxcam.core.metadata import write_metadata
 from onnxcam.core.tensor_info import TensorInfo
@@ -30,14 +31,14 @@ SCATTER_ADD_OPSET = 16
 
 
 def _dependents(graph: onnx.GraphProto, info: TensorInfo, source: str) -> set[str]:
-    """Float tensors whose value depends on ``source`` through ops that carry a gradient (not the no-gradient
-    rows of the table: shapes, indices, comparisons)."""
+    """Float (and quantized integer) tensors whose value depends on ``source`` through ops that carry a gradient
+    (not the no-gradient rows of the table: shapes, indices, comparisons)."""
     dep = {source}
     for node in graph.node:
         if not carries_gradient(node.op_type) or not any(i in dep for i in node.input):
             continue
         for out in node.output:
-            if out and info.is_float(out) is not False:
+            if out and (info.is_float(out) is not False or carries_quantized(node, out, info)):
                 dep.add(out)
     return dep
 
@@ -70,6 +71,7 @@ def add_gradients(
     if target not in TARGETS:
         raise OnnxcamError(f"unknown gradient target '{target}'; use one of {', '.join(TARGETS)}")
     original = model
+    model = _free_logits_name(model)
     view = open_classifier(model, input_size=input_size, input_layout=input_layout, logits=logits,
                            min_opset=SCATTER_ADD_OPSET)
     model, meta, source, score = view.model, view.metadata, view.source, view.score
@@ -86,21 +88,24 @@ def add_gradients(
     num_classes = logits_shape[1]
 
     b = GraphBuilder(opset=opset_of(model))
-    seed = _seed(b, logits, num_classes, target, score.kind)
+    views = FloatViews(b, info, graph)
+    seed = _seed(b, views(logits), num_classes, target, score.kind)
 
     outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])]
-    extra_nodes = [helper.make_node("Identity", [logits], ["logits"], name="onnxcam/logits")]
+    extra_nodes = [_as_float32(info, logits, "logits")]
     if logits == "logits":  # already named: keep it, drop the Identity
         extra_nodes = []
     for t, names in zip(targets, target_output_names(len(targets))):
-        grad = _backward(view, b, t, seed)
+        grad = _backward(view, b, views, t, seed)
+        value, grad = _float_target(view, b, views, t, grad)
         shape = ["N", *info.shape(t)[1:]]
-        extra_nodes.append(helper.make_node("Identity", [t], [names[0]], name=f"onnxcam/{names[0]}"))
+        extra_nodes.append(helper.make_node("Identity", [value], [names[0]], name=f"onnxcam/{names[0]}"))
         extra_nodes.append(helper.make_node("Identity", [grad], [names[1]], name=f"onnxcam/{names[1]}"))
         outputs += [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shape) for n in names]
 
-    graph.node.extend(b.nodes + extra_nodes)
-    graph.initializer.extend(b.initializers)
+    nodes, initializers = _used(b, extra_nodes)
+    graph.node.extend(nodes + extra_nodes)
+    graph.initializer.extend(initializers)
     graph.input.append(helper.make_tensor_value_info("class_index", onnx.TensorProto.INT64, ["N"]))
     _set_batch_dim(graph.input[0])
     del graph.output[:]
@@ -134,6 +139,51 @@ def add_gradients(
         if not _fails_check(original):  # unless the checker refuses the model itself (e.g. GroupNormalization-18)
             raise RuntimeError(f"onnxcam produced an invalid graph: {exc}") from exc  # a bug in a rule
     return model
+
+
+def _free_logits_name(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy whose float16 (or other non-float32) output ``logits`` is renamed: the contract's
+    ``logits`` output is float32 (a Cast of it)."""
+    out = next((o for o in model.graph.output if o.name == "logits"), None)
+    if out is None or out.type.tensor_type.elem_type in (0, onnx.TensorProto.FLOAT):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    rename_everywhere(copy.graph, "logits", "onnxcam/model_logits")
+    return copy
+
+
+def _as_float32(info: TensorInfo, name: str, out: str) -> onnx.NodeProto:
+    """``out`` = ``name`` as float32: an Identity, or a Cast for a float16 / float64 score (exact)."""
+    if info.types.get(name) in (None, 0, onnx.TensorProto.FLOAT):
+        return helper.make_node("Identity", [name], [out], name=f"onnxcam/{out}")
+    return helper.make_node("Cast", [name], [out], to=onnx.TensorProto.FLOAT, name=f"onnxcam/{out}")
+
+
+def _float_target(view: ClassifierView, b: GraphBuilder, views: FloatViews, target: str, grad: str,
+                  ) -> tuple[str, str]:
+    """The target's value and gradient in float32: a float16 map cast; a quantized map dequantised,
+    x = (q − z)·s, and its raw-value gradient divided by s (∂score/∂x = ∂score/∂q / s)."""
+    if not views.is_quantized(target):
+        return views(target), grad
+    params = quant_params(view.model.graph, target)
+    if params is None:
+        raise OnnxcamError(f"layer '{target}' is quantized and onnxcam cannot find its scale; pick the float "
+                           "layer that a DequantizeLinear makes from it")
+    scale, zero = (views(p) if p else p for p in params)
+    value = b.op("Mul", b.op("Sub", views(target), zero) if zero else views(target), scale)
+    return value, b.op("Div", grad, scale)
+
+
+def _used(b: GraphBuilder, outputs: list[onnx.NodeProto]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The builder's nodes and constants that ``outputs`` need (float32 views made but never read are dropped)."""
+    needed = {i for n in outputs for i in n.input}
+    kept = []
+    for node in reversed(b.nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    return kept[::-1], [t for t in b.initializers if t.name in needed]
 
 
 def _fails_check(model: onnx.ModelProto) -> bool:
@@ -179,7 +229,19 @@ def path_nodes(model: onnx.ModelProto, info: TensorInfo, source: str, logits: st
     return nodes, on_path
 
 
-def _backward(view: ClassifierView, b: GraphBuilder, source: str, seed: str) -> str:
+def _score_before_quantisation(model: onnx.ModelProto, logits: str, on_path: set[str]) -> tuple[str, set[str]]:
+    """Where the seed enters, and the nodes it skips: a class score that a QDQ file quantizes on its way out,
+    DQ(Q(x)), is seeded at x, straight through with no clipping mask. The output quantizer's range is the
+    calibration's; a predicted class beyond it would otherwise get an all-zero map."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    dq = made_by.get(logits)
+    q = made_by.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if dq is None or q is None or q.op_type != "QuantizeLinear" or q.input[0] not in on_path:
+        return logits, set()
+    return q.input[0], {dq.output[0], q.output[0]}
+
+
+def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: str, seed: str) -> str:
     """Emit the reverse pass from the view's score (seeded with ``seed``) to ``source``; return ∂/∂source."""
     model, info, logits = view.model, view.info, view.score.tensor
     nodes, on_path = path_nodes(model, info, source, logits)
@@ -191,14 +253,18 @@ def _backward(view: ClassifierView, b: GraphBuilder, source: str, seed: str) -> 
         raise UnsupportedOpError(f"no gradient rule for op {missing[0]} (node '{first.name}'){others}; pick a target "
                                  "layer after it or add a rule module in onnxcam/autodiff/rules/")
     grads: dict[str, list[str]] = defaultdict(list)
-    grads[logits].append(seed)
+    start, skipped = _score_before_quantisation(model, logits, on_path)
+    grads[start].append(seed)
     opset = opset_of(model)
     for node in reversed(nodes):
+        if node.output[0] in skipped:
+            continue
         out_grads = [b.sum(grads[o]) if grads.get(o) else None for o in node.output]
         if all(g is None for g in out_grads):
             continue
         needs = [bool(i) and i in on_path for i in node.input]
-        result = RULES[node.op_type](VJP(node, out_grads, needs, b, info, opset))
+        as_float = node if reads_quantized(node.op_type) else views.node(node)
+        result = RULES[node.op_type](VJP(as_float, out_grads, needs, b, info, opset, views))
         for name, need, g in zip(node.input, needs, result):
             if need and g is not None:
                 grads[name].append(g)

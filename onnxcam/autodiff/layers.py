@@ -15,7 +15,7 @@ from onnxcam.core.tensor_info import Shape
 @dataclass(frozen=True)
 class LayerInfo:
     """One candidate: tensor name, producing op, shape (None = batch), whether gradients flow from the score
-    to it (``blocker`` says why not), and whether it is the default / an exported target."""
+    to it (``blocker`` says why not), and whether it is the default (``reason`` says why) / an exported target."""
 
     name: str
     op: str
@@ -24,6 +24,7 @@ class LayerInfo:
     blocker: str
     default: bool
     target: bool
+    reason: str = ""
 
 
 def candidate_layers(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = None,
@@ -37,6 +38,7 @@ def candidate_layers(model: onnx.ModelProto, *, input_size: tuple[int, int] | No
         nodes, _ = path_nodes(view.model, view.info, candidate.name, view.score.tensor)
         missing = [n for n in nodes if n.op_type not in RULES]
         blocker = f"no rule for {missing[0].op_type} (node '{missing[0].name}')" if missing else ""
-        out.append(LayerInfo(candidate.name, candidate.op, candidate.shape, not missing, blocker,
-                             candidate.name == view.default_layer, candidate.name in view.metadata.target_tensors))
+        default = candidate.name == view.default_layer
+        out.append(LayerInfo(candidate.name, candidate.op, candidate.shape, not missing, blocker, default,
+                             candidate.name in view.metadata.target_tensors, view.default_reason if default else ""))
     return out

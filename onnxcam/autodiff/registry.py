@@ -16,7 +16,7 @@ ordinary rules that return zeros.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
@@ -29,13 +29,21 @@ from onnxcam.core.tensor_info import Shape, TensorInfo
 Grads = list[str | None]
 Rule = Callable[["VJP"], Grads]
 
+
+def _as_is(name: str) -> str:
+    return name
+
 #: Slice end meaning "past the start" for a negative step, whatever the axis length.
 BEFORE_START = -(2**62)
 
 
 @dataclass
 class VJP:
-    """Everything a rule needs: ``g`` is the gradient of output 0, ``needs[i]`` whether input i wants one."""
+    """Everything a rule needs: ``g`` is the gradient of output 0, ``needs[i]`` whether input i wants one.
+
+    ``node`` reads and writes float32 tensors (the pass gives each rule the float32 views of a float16 or
+    quantized node's tensors, :mod:`onnxcam.autodiff.precision`), except for the rules of quantized ops, which
+    get the node as it is and read their tensors through ``views`` (name → its float32 view)."""
 
     node: onnx.NodeProto
     grads: Grads
@@ -43,6 +51,7 @@ class VJP:
     b: GraphBuilder
     info: TensorInfo
     opset: int
+    views: Callable[[str], str] = field(default=_as_is)
 
     @property
     def x(self) -> str:
@@ -162,11 +171,14 @@ RULES: dict[str, Rule] = {}
 
 #: The functions registered with ``carries_gradient=False`` (a row carries no gradient while it holds one).
 _NO_GRADIENT: set[Rule] = set()
+#: The functions registered with ``quantized=True``: they get the node as it is, not its float32 view.
+_QUANTIZED: set[Rule] = set()
 
 
-def rule(*op_types: str, carries_gradient: bool = True) -> Callable[[Rule], Rule]:
+def rule(*op_types: str, carries_gradient: bool = True, quantized: bool = False) -> Callable[[Rule], Rule]:
     """Register a VJP function for ``op_types``. ``carries_gradient=False`` marks ops whose outputs carry no
     gradient (the function returns ``[None] * len(inputs)``); the pass does not follow dependency through them.
+    ``quantized=True`` marks rules that read the node's integer tensors themselves (through ``VJP.views``).
     An op registered twice by different functions is an error (two rule modules claiming the same op)."""
 
     def register(fn: Rule) -> Rule:
@@ -178,6 +190,8 @@ def rule(*op_types: str, carries_gradient: bool = True) -> Callable[[Rule], Rule
             RULES[op] = fn
         if not carries_gradient:
             _NO_GRADIENT.add(fn)
+        if quantized:
+            _QUANTIZED.add(fn)
         return fn
 
     return register
@@ -193,3 +207,9 @@ def carries_gradient(op_type: str) -> bool:
     ``onnxcam.autodiff.rules``, whose import loads them."""
     fn = RULES.get(op_type)
     return fn is None or fn not in _NO_GRADIENT
+
+
+def reads_quantized(op_type: str) -> bool:
+    """Whether ``op_type``'s rule takes the node with its quantized tensors as they are (``quantized=True``)."""
+    fn = RULES.get(op_type)
+    return fn is not None and fn in _QUANTIZED

@@ -24,6 +24,10 @@ CHANNELS = (1, 3)
 Dim = int | None
 
 
+#: Image input types onnxcam feeds through a Cast from float32.
+CAST_INPUTS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """The model's image input as found: ``name``, ``dims`` in the file's own order (None = unknown or
@@ -78,9 +82,10 @@ def image_input(model: onnx.ModelProto, layout: str | None = None) -> ImageInput
     if len(dims) != 4:
         raise OnnxcamError(f"the input '{vi.name}' has rank {len(dims)}; onnxcam explains image classifiers with "
                            "an input [N,C,H,W] or [N,H,W,C]")
-    if vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, 0):
+    if vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, 0, *CAST_INPUTS):
         type_name = onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)
-        raise OnnxcamError(f"the input '{vi.name}' is {type_name}; onnxcam needs a float32 image input")
+        raise OnnxcamError(f"the input '{vi.name}' is {type_name}; onnxcam explains models with a floating-point "
+                           "image input (float32, float16, bfloat16 or float64)")
     shown = ImageInput(vi.name, dims, "NCHW", True).describe()
     if layout is None:
         nhwc = dims[3] in CHANNELS and dims[1] not in CHANNELS
@@ -125,6 +130,7 @@ def fix_input(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = No
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
+    _cast_input(graph, found.name)
     vi = next(i for i in graph.input if i.name == found.name)
     position = list(graph.input).index(vi)
     if list(found.size) != size:  # the file's own intermediate shapes were for another (symbolic) size
@@ -145,6 +151,24 @@ def fix_input(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = No
         graph.node.insert(0, helper.make_node("Transpose", ["input"], [internal], perm=[0, 2, 3, 1],
                                               name=f"{ADAPTER}input_layout"))
     return out, ImageInput(found.name, source_dims, found.layout, found.detected, list(found.size) != size)
+
+
+def _cast_input(graph: onnx.GraphProto, name: str) -> None:
+    """A float16 / bfloat16 / float64 image input ``name`` becomes float32, with a Cast adapter to what the model
+    reads (exact for images: preprocessed pixels fit float16's range)."""
+    vi = next(i for i in graph.input if i.name == name)
+    dtype = vi.type.tensor_type.elem_type
+    if dtype not in CAST_INPUTS:
+        return
+    internal = f"{ADAPTER}image_{onnx.TensorProto.DataType.Name(dtype).lower()}"
+    as_float = onnx.ValueInfoProto()
+    as_float.CopyFrom(vi)
+    as_float.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    position = list(graph.input).index(vi)
+    rename_everywhere(graph, name, internal)
+    graph.input.remove(graph.input[position])
+    graph.input.insert(position, as_float)
+    graph.node.insert(0, helper.make_node("Cast", [name], [internal], to=dtype, name=f"{ADAPTER}input_type"))
 
 
 def fix_model_input(model: onnx.ModelProto, meta: CamMetadata, input_size: tuple[int, int] | None,

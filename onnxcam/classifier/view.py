@@ -11,7 +11,7 @@ import onnx
 from onnx import helper
 
 from onnxcam.classifier.inputs import ImageInput, fix_model_input, image_input
-from onnxcam.classifier.layers import DEFAULT_RULE, Candidate, candidates, default_layer, feeding
+from onnxcam.classifier.layers import Candidate, candidates, default_layer, feeding, is_map_type
 from onnxcam.classifier.scores import Score, find_score, flatten_score
 from onnxcam.classifier.torch_names import module_tensor
 from onnxcam.core.contract import ADAPTER, has_gradients, strip_gradients
@@ -41,7 +41,9 @@ class ClassifierView:
     ``declared``: that input as the file declares it (dims before fixing; ``source`` for an onnxcam graph);
     ``info``: shapes and types of ``model``'s tensors; ``score``: the class score (``tensor``), what the model
     outputs (``kind``: logits, softmax, log_softmax, sigmoid) and its own output (``output``); ``candidates``:
-    the tensors a CAM can target; ``default_layer``: the default among them (None when there is no feature map).
+    the tensors a CAM can target; ``default_layer``: the default among them (None when there is no feature map),
+    and ``default_reason`` why ("enters GlobalAveragePool", "last block output, class token pooled"; the rule is
+    :mod:`onnxcam.classifier.layers`).
     """
 
     model: onnx.ModelProto
@@ -52,6 +54,7 @@ class ClassifierView:
     score: Score
     candidates: list[Candidate] = field(default_factory=list)
     default_layer: str | None = None
+    default_reason: str = ""
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -86,15 +89,10 @@ class ClassifierView:
         """Class names, when the file records them."""
         return self.metadata.labels
 
-    @property
-    def default_reason(self) -> str:
-        """Why :attr:`default_layer` is the default."""
-        return DEFAULT_RULE
-
     def require_default_layer(self) -> str:
         """:attr:`default_layer`, or a one-line error asking for ``--layer``."""
         if self.default_layer is None:
-            raise OnnxcamError("found no 4-D feature map with spatial size > 1 before the logits; "
+            raise OnnxcamError("found no pooled feature map or token tensor before the logits; "
                                "name the target layer with --layer")
         return self.default_layer
 
@@ -153,16 +151,19 @@ def open_classifier(model: onnx.ModelProto, *, input_size: tuple[int, int] | Non
     feeds = feeding(fixed, view.score.tensor)
     view.probe(_open_shapes(fixed, view.info, feeds))
     view.candidates = candidates(fixed, view.info, feeds)
-    view.default_layer = default_layer(view.candidates)
+    chosen = default_layer(fixed, view.info, feeds, view.score.tensor, view.candidates)
+    if chosen is not None:
+        view.default_layer, view.default_reason = chosen.name, chosen.reason
     return view
 
 
 def _open_shapes(model: onnx.ModelProto, info: TensorInfo, feeds: set[str]) -> list[str]:
-    """The float tensors of ``feeds`` (those on the image's path to the score) whose size ONNX's shape inference
-    left open (a Pad or a Resize whose sizes a graph computes at run time from Shape, as TensorFlow-style "same"
-    padding does): one ONNX Runtime run at the model's own input size learns them (:meth:`ClassifierView.probe`)."""
+    """The float and 8-bit integer tensors of ``feeds`` (those on the image's path to the score) whose size ONNX's
+    shape inference left open (a Pad or a Resize whose sizes a graph computes at run time from Shape, as
+    TensorFlow-style "same" padding does; the com.microsoft ops of a quantized graph): one ONNX Runtime run at the
+    model's own input size learns them (:meth:`ClassifierView.probe`)."""
     return [out for node in model.graph.node for out in node.output
-            if out in feeds and info.is_float(out) is not False
+            if out in feeds and is_map_type(info, out) is not False
             and ((shape := info.shapes.get(out)) is None or None in shape[1:])]
 
 

@@ -42,5 +42,6 @@ def add_gradients(model: onnx.ModelProto, *, cams: Sequence[str] | None = None,
 
 def default_layer(model: onnx.ModelProto, *, input_size: tuple[int, int] | None = None,
                   input_layout: str | None = None) -> str:
-    """The tensor onnxcam targets by default in ``model`` (the last feature map before the head)."""
+    """The tensor onnxcam targets by default in ``model``: on a CNN the map entering the pooling before the head,
+    on a transformer the last block's output tokens (docs/design.md, "Default layer")."""
     return open_classifier(model, input_size=input_size, input_layout=input_layout).require_default_layer()

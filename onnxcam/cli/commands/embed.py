@@ -19,7 +19,8 @@ from onnxcam.core.model_io import load_model, output_file, write_model
               help="cam_<method> as float32 in [0,1], or uint8 levels 0-255.")
 @click.option("--overlay", is_flag=True, help="Also output overlay_<method>: [N,H,W,3] uint8 heatmap over the image.")
 @heatmap_options
-@click.option("--layer", "layers", multiple=True, help="Target layer (default: the file's, or the last feature map).")
+@click.option("--layer", "layers", multiple=True,
+              help="Target layer (default: the file's, or the one `onnxcam layers` marks).")
 @input_options
 @click.option("-o", "--output", required=True, help="Path of the .onnx file to write.")
 def command(model: str, cams: str, options_text: str | None, cam_dtype: str, overlay: bool, alpha: float,

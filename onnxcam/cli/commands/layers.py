@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from onnxcam.autodiff.layers import candidate_layers
-from onnxcam.classifier.layers import DEFAULT_RULE
 from onnxcam.cli.options import input_options, input_size
 from onnxcam.core.errors import OnnxcamError
 from onnxcam.core.metadata import read_metadata
@@ -31,4 +30,8 @@ def command(model: str, input_size_text: str | None, input_layout: str | None) -
         flow = "yes" if r.flows else f"no: {r.blocker}"
         note = f"  <- exported target ({', '.join(meta.target_layers)})" if r.target else ""
         click.echo(f"{mark} {r.name:<{width}}  {r.op:<20} {shape:<16} {flow}{note}")
-    click.echo(f"* default target layer ({DEFAULT_RULE}); pass another with --layer")
+    default = next((r for r in rows if r.default), None)
+    if default is not None:
+        click.echo(f"* default target layer: {default.reason}; pass another with --layer")
+    else:
+        click.echo("no default target layer (no pooled feature map or token tensor); pass one with --layer")
