@@ -9,6 +9,8 @@ repository and its ``dev`` extra ship:
   paddle2onnx file ``sample_models/paddle/mobilenet_v3_small_x0_5.onnx``) and one for a vision transformer
   (timm's ``vit_tiny_patch16_224``); those two have random weights, and their rows say so;
 - ``docs/images/methods/<method>.jpg``, one per registered method, on one photograph, for the methods page;
+- ``docs/images/edge.jpg``, Grad-CAM of the EfficientNet-Lite0 float32 file and of its edge variants
+  (``sample_models.edge_variants``: float16, int8 QDQ / QOperator / dynamic) on four photographs;
 - ``docs/evaluation_efficientnet.jpg``, ``docs/evaluation_shapes.jpg`` and ``docs/evaluation.md``, through
   ``docs.make_evaluation`` (about 15 minutes on 2 cores; ``--skip-evaluation`` leaves them as they are).
 
@@ -197,14 +199,46 @@ def method_pictures(real: Explainer, photos: list[np.ndarray], names: list[str],
     save_jpeg(folder / "photo.jpg", label(tile(first.images[i], METHOD_TILE), "what the model saw", scale=0.45))
 
 
+def edge_picture(photos: list[np.ndarray], names: list[str]) -> None:
+    """``docs/images/edge.jpg``: one row per photograph, one column per edge variant of EfficientNet-Lite0."""
+    from sample_models.edge_variants import build
+
+    kinds = ["fp16", "qdq_channel", "qdq_tensor", "qoperator", "dynamic"]
+    print("edge: the variants of EfficientNet-Lite0")
+    files = {"float32": efficientnet()}
+    for kind in kinds:
+        path = CACHE / "edge" / f"{kind}.onnx"
+        files[kind] = path if path.exists() else build(kind, efficientnet(), path)
+    chosen = [i for i, n in enumerate(names) if n in ("chelsea", "coffee", "rocket", "flower")]
+    results = {k: Explainer(f, providers="cpu").explain([photos[i] for i in chosen], method="gradcam")
+               for k, f in files.items()}
+    rows = []
+    for j, i in enumerate(chosen):
+        tiles = [label(tile(results["float32"].images[j], TILE), names[i])]
+        for kind, r in results.items():
+            text = f"{kind}: {r.labels[j][:14]}" if r.labels else kind
+            tiles.append(label(tile(overlay(r.images[j], r.cams[j]), TILE), text))
+        rows.append(np.concatenate(tiles, axis=1))
+    width = rows[0].shape[1]
+    caption = ("Grad-CAM of EfficientNet-Lite0 (head 1280x7x7): float32, then the edge files "
+               f"({', '.join(kinds)}), each for its own predicted class")
+    save_jpeg(IMAGES / "edge.jpg", np.concatenate([banner(caption, width), *rows], axis=0))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-evaluation", action="store_true",
                         help="keep docs/evaluation*.jpg and docs/evaluation.md (their run takes about 15 minutes)")
+    parser.add_argument("--edge-only", action="store_true", help="draw docs/images/edge.jpg alone")
     args = parser.parse_args(argv)
     timings = {}
     started = time.time()
     photos, names = photographs()
+    t = time.time()
+    edge_picture(photos, names)
+    timings["edge variants"] = time.time() - t
+    if args.edge_only:
+        return
     real = Explainer(efficientnet(), providers="cpu", batch_size=64)
     timings["EfficientNet-Lite0 export (cached after the first run) and session"] = time.time() - started
 
