@@ -229,16 +229,13 @@ def path_nodes(model: onnx.ModelProto, info: TensorInfo, source: str, logits: st
     return nodes, on_path
 
 
-def _score_before_quantisation(model: onnx.ModelProto, logits: str, on_path: set[str]) -> tuple[str, set[str]]:
-    """Where the seed enters, and the nodes it skips: a class score that a QDQ file quantizes on its way out,
-    DQ(Q(x)), is seeded at x, straight through with no clipping mask. The output quantizer's range is the
-    calibration's; a predicted class beyond it would otherwise get an all-zero map."""
+def _score_quantisation(model: onnx.ModelProto, logits: str) -> str | None:
+    """The quantized tensor that a file dequantizes into its class score (a QDQ file's last QuantizeLinear output,
+    or a QOperator op's): its rule passes the gradient straight through, with no clipping mask. The output range
+    is the calibration's; a predicted class beyond it would otherwise get an all-zero map."""
     made_by = {o: n for n in model.graph.node for o in n.output}
     dq = made_by.get(logits)
-    q = made_by.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-    if dq is None or q is None or q.op_type != "QuantizeLinear" or q.input[0] not in on_path:
-        return logits, set()
-    return q.input[0], {dq.output[0], q.output[0]}
+    return dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else None
 
 
 def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: str, seed: str) -> str:
@@ -253,18 +250,17 @@ def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: 
         raise UnsupportedOpError(f"no gradient rule for op {missing[0]} (node '{first.name}'){others}; pick a target "
                                  "layer after it or add a rule module in onnxcam/autodiff/rules/")
     grads: dict[str, list[str]] = defaultdict(list)
-    start, skipped = _score_before_quantisation(model, logits, on_path)
-    grads[start].append(seed)
+    grads[logits].append(seed)
+    unclipped = _score_quantisation(model, logits)
     opset = opset_of(model)
     for node in reversed(nodes):
-        if node.output[0] in skipped:
-            continue
         out_grads = [b.sum(grads[o]) if grads.get(o) else None for o in node.output]
         if all(g is None for g in out_grads):
             continue
         needs = [bool(i) and i in on_path for i in node.input]
         as_float = node if reads_quantized(node.op_type) else views.node(node)
-        result = RULES[node.op_type](VJP(as_float, out_grads, needs, b, info, opset, views))
+        result = RULES[node.op_type](VJP(as_float, out_grads, needs, b, info, opset, views,
+                                         unclipped=unclipped in node.output))
         for name, need, g in zip(node.input, needs, result):
             if need and g is not None:
                 grads[name].append(g)

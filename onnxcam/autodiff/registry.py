@@ -43,7 +43,8 @@ class VJP:
 
     ``node`` reads and writes float32 tensors (the pass gives each rule the float32 views of a float16 or
     quantized node's tensors, :mod:`onnxcam.autodiff.precision`), except for the rules of quantized ops, which
-    get the node as it is and read their tensors through ``views`` (name → its float32 view)."""
+    get the node as it is and read their tensors through ``views`` (name → its float32 view). ``unclipped``: the
+    node quantizes the class score itself, so a quantized op's rule leaves out its clipping mask."""
 
     node: onnx.NodeProto
     grads: Grads
@@ -52,6 +53,7 @@ class VJP:
     info: TensorInfo
     opset: int
     views: Callable[[str], str] = field(default=_as_is)
+    unclipped: bool = False
 
     @property
     def x(self) -> str:

@@ -212,3 +212,16 @@ def test_float16_swin(tmp_path) -> None:
     pearson = _maps_follow(path, half, RNG.standard_normal((2, 3, 112, 112)).astype(np.float32))
     print(f"swin float16: Grad-CAM Pearson with float32 {pearson:.3f}")
     assert pearson >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["qdq_tensor", "qoperator"])
+def test_a_class_score_beyond_the_calibrated_range_still_has_a_gradient(tmp_path, kind: str) -> None:
+    """Inputs 6× the calibration's push the predicted logit past the output quantizer's range (it saturates);
+    the score's own quantisation passes the gradient straight through, so the map is not all zero."""
+    path, calibration = _small_cnn(tmp_path)
+    model = onnx.load(_quantize(path, kind, calibration, str(tmp_path / f"{kind}.onnx")))
+    x = calibration[:2] * 6
+    sess = ort.InferenceSession(add_gradients(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, grads = sess.run(["logits", "gradients"], {"input": x, "class_index": np.full(2, -1, np.int64)})
+    assert np.all(logits.max(1) == logits.max()), "the predicted logits must sit at the top of the output range"
+    assert np.all(np.abs(grads).reshape(2, -1).max(1) > 0)

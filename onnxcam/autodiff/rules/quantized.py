@@ -79,9 +79,16 @@ def quantize_linear(v: VJP) -> Grads:
         raise v.fail("blocked quantisation (block_size) is not supported")
     b = v.b
     s = _per_axis(v, v.views(v.node.input[1]), v.x, v.attrs.get("axis", 1))
-    q, (lo, hi) = v.views(v.y), _range(v, v.y)
-    inside = b.op("And", b.op("Greater", q, b.const(float(lo))), b.op("Less", q, b.const(float(hi))))
-    return v.pad_grads([v.mask(inside, b.op("Div", v.g, s))])
+    grad = b.op("Div", v.g, s)
+    if v.unclipped:
+        return v.pad_grads([grad])
+    return v.pad_grads([v.mask(_unsaturated(v, v.y), grad)])
+
+
+def _unsaturated(v: VJP, q: str) -> str:
+    """[qmin < q < qmax] for the quantized tensor ``q``."""
+    b, raw, (lo, hi) = v.b, v.views(q), _range(v, q)
+    return b.op("And", b.op("Greater", raw, b.const(float(lo))), b.op("Less", raw, b.const(float(hi))))
 
 
 @rule("DynamicQuantizeLinear", quantized=True)
@@ -154,9 +161,7 @@ def _qlinear(v: VJP, op: str, operands: list[tuple[int, int, int]], out: tuple[i
     g = v.g
     y = v.views(v.y)
     if out is not None and ins[out[0]]:
-        lo, hi = _range(v, v.y)
-        inside = b.op("And", b.op("Greater", y, b.const(float(lo))), b.op("Less", y, b.const(float(hi))))
-        g = b.op("Div", v.mask(inside, g), v.views(ins[out[0]]))
+        g = b.op("Div", g if v.unclipped else v.mask(_unsaturated(v, v.y), g), v.views(ins[out[0]]))
         y = _register(v, b.op("Mul", b.op("Sub", y, v.views(ins[out[1]])) if ins[out[1]] else y,
                                v.views(ins[out[0]])), v.y)
     floats = [_register(v, _dequantised(v, ins[q], ins[s], ins[z], q), ins[q]) for q, s, z in operands]
