@@ -140,13 +140,18 @@ def test_quantized_forms_keep_their_logits_and_follow_the_float_gradient(tmp_pat
     assert np.abs(grads).max() > 0
 
 
-@pytest.mark.parametrize("keep_io_types", [True, False])
-def test_float16_gradients_are_float32_and_match_the_float32_model(tmp_path, keep_io_types: bool) -> None:
-    from onnxconverter_common import float16
+@pytest.mark.parametrize("conversion", ["float16, float32 I/O", "float16 everywhere", "mixed precision"])
+def test_float16_gradients_are_float32_and_match_the_float32_model(tmp_path, conversion: str) -> None:
+    from onnxconverter_common import auto_mixed_precision, float16
 
     path, _ = _small_cnn(tmp_path)
-    half = float16.convert_float_to_float16(onnx.load(path), keep_io_types=keep_io_types)
     x = RNG.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    if conversion == "mixed precision":  # onnxconverter-common's search for the ops float16 can take
+        half = auto_mixed_precision.auto_convert_mixed_precision(onnx.load(path), {"input": x}, rtol=0.01,
+                                                                 atol=0.01, keep_io_types=True)
+        assert any(n.op_type == "Cast" for n in half.graph.node)
+    else:
+        half = float16.convert_float_to_float16(onnx.load(path), keep_io_types=conversion != "float16 everywhere")
     logits, acts, grads = _gradients(half, "feat", x, 4)
     _, ref_acts, ref_grads = _gradients(onnx.load(path), "feat", x, 4)
     assert logits.dtype == acts.dtype == grads.dtype == np.float32
