@@ -313,16 +313,23 @@ def _describe(hint: Any) -> str:
     return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def check_pair(activations: np.ndarray, gradients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Check that activations and gradients are finite ``[N,C,h,w]`` arrays of one shape; return them."""
+#: The one-line error for activations or gradients with NaN or infinite values.
+NOT_FINITE = "activations or gradients contain NaN or infinite values; check the model"
+
+
+def check_pair(activations: np.ndarray, gradients: np.ndarray, *, finite: bool = True,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Check that activations and gradients are finite ``[N,C,h,w]`` arrays of one shape; return them.
+    ``finite=False`` leaves the finiteness to the caller (a method whose float64 result is finite exactly
+    when its inputs are checks the small result instead, and raises :data:`NOT_FINITE`)."""
     a = np.asarray(activations)
     g = np.asarray(gradients)
     if a.ndim != 4 or a.shape != g.shape:
         raise OnnxcamError(
             f"activations and gradients must both be [N,C,h,w] arrays of the same shape, got {a.shape} and {g.shape}"
         )
-    if not (np.isfinite(a).all() and np.isfinite(g).all()):
-        raise OnnxcamError("activations or gradients contain NaN or infinite values; check the model")
+    if finite and not (np.isfinite(a).all() and np.isfinite(g).all()):
+        raise OnnxcamError(NOT_FINITE)
     return a, g
 
 
@@ -346,14 +353,17 @@ def finalise(maps: np.ndarray, size: tuple[int, int], normalise: str) -> np.ndar
         raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
     out = np.empty((arr.shape[0], height, width), dtype=np.float32)
     for i, cam in enumerate(arr):
-        up = cv2.resize(np.ascontiguousarray(cam), (width, height), interpolation=cv2.INTER_LINEAR)
-        up = up.astype(np.float64)
-        hi = up.max()
+        up = out[i]  # resized straight into the output, scaled in place in float32: one pass less than float64
+        cv2.resize(np.ascontiguousarray(cam), (width, height), dst=up, interpolation=cv2.INTER_LINEAR)
+        lo, hi = up.min(), up.max()
         if normalise == "minmax":
-            lo = up.min()
-            out[i] = (up - lo) / (hi - lo) if hi - lo > FLAT * max(abs(hi), abs(lo)) else 0.0
-        else:
-            out[i] = up / hi if hi > 0 else up
+            if float(hi) - float(lo) > FLAT * max(abs(float(hi)), abs(float(lo))):
+                np.subtract(up, lo, out=up)  # the max pixel becomes hi − lo exactly as the divisor: 1.0 exactly
+                np.divide(up, hi - lo, out=up)
+            else:
+                up.fill(0.0)
+        elif hi > 0:
+            np.divide(up, hi, out=up)
     return out
 
 
@@ -370,27 +380,70 @@ def as_float64(b: GraphBuilder, *tensors: str) -> list[str]:
     return [b.op("Cast", t, to=onnx.TensorProto.DOUBLE) for t in tensors]
 
 
-def finalise_graph(b: GraphBuilder, maps: str, size: tuple[int, int], normalise: str) -> str:
-    """:func:`finalise` as ONNX nodes: raw maps ``[N,h,w]`` → ``[N,H,W]`` in [0, 1].
+def finalise_graph(b: GraphBuilder, maps: str, size: tuple[int, int], normalise: str,
+                   shape: tuple[int, int]) -> str:
+    """:func:`finalise` as ONNX nodes: raw maps ``[N,h,w]`` (``shape`` = (h, w)) → ``[N,H,W]`` in [0, 1].
 
-    Resize (linear, half-pixel centres; ONNX Runtime clamps at the border as OpenCV does) to ``size``,
-    then per map: ``"minmax"``: (m − min) / (max − min), 0 where the map is constant (spread ≤ FLAT·magnitude);
-    ``"max"``: m / max where max > 0.
+    Bilinear upsampling with half-pixel centres, clamped at the border (as OpenCV and ONNX Runtime's Resize),
+    to ``size``, then per map: ``"minmax"``: (m − min) / (max − min), 0 where the map is constant
+    (spread ≤ FLAT·magnitude); ``"max"``: m / max where max > 0.
+
+    The upsampling is two MatMuls against constant interpolation matrices and the scaling is done on the small
+    maps before it (upsampling is linear and its weights sum to one, so scaling commutes with it): the min and
+    max of the upsampled map come from the few output rows and columns where a piecewise-bilinear map can reach
+    them (:func:`interpolation`), and no full-size element-wise pass is left; about 6× cheaper than Resize +
+    min–max on the full map.
     """
-    height, width = int(size[0]), int(size[1])
-    batch = b.op("Shape", maps, start=0, end=1)
-    sizes = b.op("Concat", batch, b.ints([1, height, width]), axis=0)
-    up = b.op("Resize", b.op("Unsqueeze", maps, b.ints([1])), "", "", sizes, mode="linear",
-              coordinate_transformation_mode="half_pixel")
-    up = b.op("Squeeze", up, b.ints([1]))  # [N, H, W]
-    hi = b.reduce("ReduceMax", up, [1, 2])
-    zero = b.const(0.0)
+    return _finalise_small(b, maps, (int(size[0]), int(size[1])), normalise, (int(shape[0]), int(shape[1])))
+
+
+#: The upsampling matrices of :func:`finalise_graph` are scaled by 1 − 2⁻²¹ (4.8e-7) so that rounding in the
+#: two float32 MatMuls (a few ulp) cannot lift a scaled map above 1.0.
+UNDERSHOOT = 1.0 - 2.0 ** -21
+
+
+def interpolation(src: int, dst: int) -> tuple[np.ndarray, list[int]]:
+    """Bilinear half-pixel interpolation from ``src`` to ``dst`` samples as a ``[dst, src]`` float32 matrix
+    (source coordinate x = (X + 0.5)·src/dst − 0.5, clamped to [0, src − 1], as OpenCV's INTER_LINEAR and ONNX
+    Runtime's Resize), and the output positions where the interpolated function can reach its min or max:
+    between two source samples it is linear in X, so over the outputs that fall between the same two
+    samples its extremes are at the first and the last of them."""
+    matrix = np.zeros((dst, src), np.float64)
+    cell = np.zeros(dst, np.int64)
+    for out in range(dst):
+        x = min(max((out + 0.5) * src / dst - 0.5, 0.0), src - 1.0)
+        i = min(int(np.floor(x)), max(src - 2, 0))
+        frac = x - i
+        matrix[out, i] += 1.0 - frac
+        if frac:
+            matrix[out, i + 1] += frac
+        cell[out] = i
+    ends = {0, dst - 1} | {k for out in range(1, dst) if cell[out] != cell[out - 1] for k in (out - 1, out)}
+    return matrix.astype(np.float32), sorted(ends)
+
+
+def _finalise_small(b: GraphBuilder, maps: str, size: tuple[int, int], normalise: str,
+                    shape: tuple[int, int]) -> str:
+    """:func:`finalise_graph` for maps of a known ``shape``: scaled at ``shape``, then upsampled by MatMuls."""
+    rows, row_ends = interpolation(shape[0], size[0])
+    cols, col_ends = interpolation(shape[1], size[1])
+    # the upsampled map at the rows and columns where it can reach its extremes: [N, r, c], a few hundred values
+    ends = b.op("MatMul", b.op("MatMul", b.const(rows[row_ends]), maps), b.const(cols[col_ends].T))
+    scaled = _scale_graph(b, maps, ends, normalise)
+    up = b.op("MatMul", b.const(rows * np.float32(UNDERSHOOT)), b.op("MatMul", scaled, b.const(cols.T)))
+    return up
+
+
+def _scale_graph(b: GraphBuilder, maps: str, extremes: str, normalise: str) -> str:
+    """``maps`` ``[N,·,·]`` scaled per map as :func:`finalise` does, with the min and max taken over
+    ``extremes`` ``[N,·,·]`` (the maps themselves, or the values where their upsampled form is extreme)."""
+    hi = b.reduce("ReduceMax", extremes, [1, 2])
     if normalise == "minmax":
-        lo = b.reduce("ReduceMin", up, [1, 2])
+        lo = b.reduce("ReduceMin", extremes, [1, 2])
         spread = b.op("Sub", hi, lo)
-        magnitude = b.op("Max", b.op("Abs", hi), b.op("Abs", lo))
+        magnitude = b.reduce("ReduceMax", b.op("Abs", extremes), [1, 2])  # max(|hi|, |lo|)
         positive = b.op("Greater", spread, b.op("Mul", magnitude, b.const(FLAT)))
-        scaled = b.op("Div", b.op("Sub", up, lo), b.op("Where", positive, spread, b.const(1.0)))
-        return b.op("Where", positive, scaled, zero)
-    positive = b.op("Greater", hi, zero)
-    return b.op("Where", positive, b.op("Div", up, b.op("Where", positive, hi, b.const(1.0))), up)
+        # a constant map is divided by +inf: all zeros (m − lo is finite), one Where fewer
+        return b.op("Div", b.op("Sub", maps, lo), b.op("Where", positive, spread, b.const(np.inf)))
+    positive = b.op("Greater", hi, b.const(0.0))
+    return b.op("Div", maps, b.op("Where", positive, hi, b.const(1.0)))

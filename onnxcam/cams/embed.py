@@ -101,8 +101,8 @@ def embed_cams(
     new_outputs, entries = [], []
     for name in names:
         spec = METHODS[name]
-        maps = [finalise_graph(b, spec.graph(b, a, g, nchw, resolved[name]), (height, width), spec.normalise)
-                for a, g, nchw in tensors]
+        maps = [finalise_graph(b, spec.graph(b, a, g, nchw, resolved[name]), (height, width), spec.normalise,
+                               nchw[1:]) for a, g, nchw in tensors]
         cam = maps[0] if len(maps) == 1 else _fuse_graph(b, maps)
         out = cam if dtype == "float32" else to_uint8_graph(b, cam)
         b.nodes.append(helper.make_node("Identity", [out], [f"cam_{name}"], name=f"{PREFIX}/cam_{name}"))

@@ -61,6 +61,7 @@ class Explainer:
         self.metadata: CamMetadata = meta
         self.session_options = session_options
         self.session = create_session(proto.SerializeToString(), providers, session_options)
+        self._providers: list[str] = list(self.session.get_providers())  # fixed once the session exists
         dims = self.session.get_inputs()[0].shape
         if any(not isinstance(d, int) for d in dims[1:]):
             raise OnnxcamError(f"the model input has dynamic image dimensions {dims}; pass --input-size HxW")
@@ -82,11 +83,12 @@ class Explainer:
         self.batch_size = batch_size
         self._forward_session: Any = None
         self._head_sessions: dict[int, Any] = {}
+        self._resolved: dict[tuple, tuple[Any, str | None]] = {}
 
     @property
     def providers(self) -> list[str]:
         """The execution providers the session really runs on, in priority order."""
-        return list(self.session.get_providers())
+        return list(self._providers)
 
     @property
     def targets(self) -> list[TargetLayer]:
@@ -135,13 +137,14 @@ class Explainer:
                                      self.preprocessing, size) for im in images])
         return normalise(views, self.preprocessing, channels=self.input_shape[0]), views
 
-    def forward(self, batch: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None,
-                ) -> dict[str, np.ndarray]:
-        """Raw graph outputs (``logits``, ``activations``, ``gradients``) for a preprocessed batch."""
+    def forward(self, batch: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None, *,
+                outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Raw graph outputs (``logits``, ``activations``, ``gradients``, any embedded maps) for a preprocessed
+        batch; ``outputs`` names the ones to fetch (default: all)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         index = self.class_indices(class_index, len(batch))
-        outputs = run(self.session, {"input": batch, "class_index": index})
-        return dict(zip([o.name for o in self.session.get_outputs()], outputs))
+        names = list(outputs) if outputs is not None else [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, run(self.session, {"input": batch, "class_index": index}, outputs=names)))
 
     def scores(self, batch: np.ndarray, class_index: np.ndarray, *, probability: bool = False) -> np.ndarray:
         """The logit (or softmax probability) of ``class_index`` for each image of a preprocessed batch,
@@ -191,6 +194,9 @@ class Explainer:
             return np.full(n, -1, np.int64)
         if isinstance(spec, int | str | np.integer):
             return np.full(n, self.class_index_of(spec if isinstance(spec, str) else int(spec)), np.int64)
+        if isinstance(spec, np.ndarray) and spec.dtype.kind in "iu" and 1 <= spec.ndim <= 2 and len(spec) == n and \
+                spec.size and spec.min() >= -1 and spec.max() < self.num_classes:
+            return spec.astype(np.int64, copy=False)  # already checked indices (explain_batch's): no per-item calls
         rows = np.asarray(spec, dtype=object)
         values = np.vectorize(self.class_index_of, otypes=[np.int64])(rows) if rows.size else rows.astype(np.int64)
         if len(values) != n or values.ndim > 2:
@@ -214,6 +220,23 @@ class Explainer:
                 continue
         return None
 
+    def _resolve(self, method: str, options: Mapping[str, Any] | None, embedded: bool) -> tuple[Any, str | None]:
+        """(``method``'s resolved options, the embedded output that gives its maps or None), remembered per
+        method and options: resolving type-checks every option, a fixed cost that shows on fast models."""
+        try:  # value types in the key: {"x": True} must not hit {"x": 1}'s entry (True == 1), it may be refused
+            given = tuple(sorted((k, type(v).__name__, v) for k, v in options.items())) \
+                if isinstance(options, Mapping) else options
+            key: tuple | None = (method, embedded, given)
+            hash(key)
+        except TypeError:  # unhashable option values, or unsortable names: resolved every time
+            key = None
+        if key is not None and key in self._resolved:
+            return self._resolved[key]
+        found = (get_method(method).resolve(options), self.embedded_output(method, options) if embedded else None)
+        if key is not None:
+            self._resolved[key] = found
+        return found
+
     def explain(self, images: ImageInput | Sequence[ImageInput], *, method: str = "cfcam",
                 class_index: Any = None, embedded: bool = True, **method_options: Any) -> Explanation:
         """CAMs of ``method`` for ``images``.
@@ -225,7 +248,7 @@ class Explainer:
         (``onnxcam embed``), its ``cam_<method>`` output is the map and numpy computes nothing;
         ``embedded=False`` computes it in numpy all the same.
         """
-        get_method(method).resolve(method_options)
+        self._resolve(method, method_options, embedded)  # bad options fail before any image is read
         batch, views = self.preprocess(images)
         return self.explain_batch(batch, views, self.class_indices(class_index, len(batch)), method=method,
                                   options=method_options, embedded=embedded)
@@ -248,13 +271,14 @@ class Explainer:
         """:meth:`explain` on a preprocessed ``batch`` ``[N,C,H,W]`` with ``views`` (what the model saw, or None)
         and the class indices :meth:`class_indices` gives (``[N]`` or ``[N, K]``; −1: the predicted class)."""
         spec = get_method(method)
-        resolved = spec.resolve(options)
-        from_graph = self.embedded_output(method, options) if embedded else None
+        resolved, from_graph = self._resolve(method, options, embedded)
         index = np.asarray(class_index, dtype=np.int64)
         per_image = index.shape[1] if index.ndim == 2 else 1
         flat_batch = np.repeat(batch, per_image, axis=0) if index.ndim == 2 else batch
         flat_index = index.reshape(-1)
-        out = self.forward(flat_batch, flat_index)
+        wanted = [from_graph] if from_graph else [t for target in self._targets
+                                                  for t in (target.activations, target.gradients)]
+        out = self.forward(flat_batch, flat_index, outputs=["logits", *wanted])
         chosen = np.where(flat_index < 0, out["logits"].argmax(axis=1), flat_index)
         maps = [out[from_graph]] if from_graph else []
         for layer, target in enumerate([] if from_graph else self._targets):
@@ -279,8 +303,8 @@ class Explainer:
     def layer_gradients(self, layer: int, batch: np.ndarray, class_index: np.ndarray,
                         ) -> tuple[np.ndarray, np.ndarray]:
         """Target layer ``layer``'s ``(activations, gradients)`` ``[N,C,h,w]`` for a preprocessed batch."""
-        out = self.forward(batch, class_index)
         target = self._targets[layer]
+        out = self.forward(batch, class_index, outputs=[target.activations, target.gradients])
         return to_nchw(out[target.activations], target.layout), to_nchw(out[target.gradients], target.layout)
 
 

@@ -38,7 +38,7 @@ def run_graph_form(method: str, a: np.ndarray, g: np.ndarray, size: tuple[int, i
     spec = METHODS[method]
     b = GraphBuilder("t", opset=opset)
     raw = spec.graph(b, "A", "G", a.shape[1:], options)
-    done = finalise_graph(b, raw, size, spec.normalise)
+    done = finalise_graph(b, raw, size, spec.normalise, a.shape[2:])
     b.nodes += [helper.make_node("Identity", [raw], ["raw"]), helper.make_node("Identity", [done], ["cam"])]
     f = onnx.TensorProto.FLOAT
     graph = helper.make_graph(b.nodes, "form", [helper.make_tensor_value_info(n, f, ["N", *a.shape[1:]]) for n in "AG"],
