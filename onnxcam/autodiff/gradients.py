@@ -21,7 +21,7 @@ from onnxcam.classifier.view import ClassifierView, open_classifier
 from onnxcam.core.contract import TARGETS, target_output_names
 from onnxcam.core.errors import OnnxcamError, UnsupportedOpError
 from onnxcam.core.graph_builder import GraphBuilder, set_ir_version
-from onnxcam.core.graph_queries import ancestors, opset_of, rename_everywhere
+from onnxcam.core.graph_queries import ancestors, attributes, opset_of, rename_everywhere
 from onnxcam.core.layout import infer_layout
 from onnxcam.core.metadata import write_metadata
 from onnxcam.core.tensor_info import TensorInfo
@@ -89,14 +89,14 @@ def add_gradients(
 
     b = GraphBuilder(opset=opset_of(model))
     views = FloatViews(b, info, graph)
-    seed = _seed(b, views(logits), num_classes, target, score.kind)
+    seed, chosen = _seed(b, views(logits), num_classes, target, score.kind)
 
     outputs = [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])]
     extra_nodes = [_as_float32(info, logits, "logits")]
     if logits == "logits":  # already named: keep it, drop the Identity
         extra_nodes = []
     for t, names in zip(targets, target_output_names(len(targets))):
-        grad = _backward(view, b, views, t, seed)
+        grad = _backward(view, b, views, t, seed, chosen)
         value, grad = _float_target(view, b, views, t, grad)
         shape = ["N", *info.shape(t)[1:]]
         extra_nodes.append(helper.make_node("Identity", [value], [names[0]], name=f"onnxcam/{names[0]}"))
@@ -195,20 +195,44 @@ def _fails_check(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _seed(b: GraphBuilder, logits: str, num_classes: int, target: str, kind: str = "logits") -> str:
-    """∂ score / ∂ logits: OneHot(c) for a logit; for a probability p_c·(OneHot(c) − p) (softmax) or
-    p_c·(1 − p_c)·OneHot(c) (sigmoid heads), where c = class_index, or argmax(logits) where class_index < 0."""
+def _seed(b: GraphBuilder, logits: str, num_classes: int, target: str, kind: str = "logits",
+          ) -> tuple[str, str | None]:
+    """(∂ score / ∂ logits, the class c when that is OneHot(c)): OneHot(c) for a logit; for a probability
+    p_c·(OneHot(c) − p) (softmax) or p_c·(1 − p_c)·OneHot(c) (sigmoid heads), where c = class_index, or
+    argmax(logits) where class_index < 0."""
     predicted = b.op("ArgMax", logits, axis=1, keepdims=0)
     chosen = b.op("Where", b.op("Less", "class_index", b.const(0, np.int64)), predicted, "class_index")
     onehot = b.op("OneHot", chosen, b.const([num_classes], np.int64), b.const([0.0, 1.0]), axis=-1)
     if target == "logit":
-        return onehot
+        return onehot, chosen
     if kind == "sigmoid":
         p = b.op("Sigmoid", logits)
-        return b.op("Mul", onehot, b.op("Mul", p, b.op("Sub", b.const(1.0), p)))
+        return b.op("Mul", onehot, b.op("Mul", p, b.op("Sub", b.const(1.0), p))), None
     p = b.op("Softmax", logits, axis=1)
     pc = b.op("ReduceSum", b.op("Mul", p, onehot), b.ints([1]), keepdims=1)
-    return b.op("Mul", pc, b.op("Sub", onehot, p))
+    return b.op("Mul", pc, b.op("Sub", onehot, p)), None
+
+
+def _class_row(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, views: FloatViews, logits: str,
+               chosen: str) -> tuple[onnx.NodeProto, str] | None:
+    """A score made by a Gemm/MatMul with a constant weight W, seeded with OneHot(c): (that node, ∂score/∂its
+    input = α·W's row for c), a Gather of [N, C] values instead of a [N,K]×[K,C] product (the largest cost of the
+    backward pass on small models with 1000 classes). None for any other head."""
+    node = next((n for n in model.graph.node if logits in n.output), None)
+    value = info.constants.get(node.input[1]) if node is not None and len(node.input) > 1 else None
+    if node is None or node.op_type not in ("Gemm", "MatMul") or value is None:
+        return None
+    a = attributes(node)
+    input_shape = info.shapes.get(node.input[0])
+    if a.get("transA", 0) or value.ndim != 2 or input_shape is None or len(input_shape) != 2:
+        return None
+    weight = views(node.input[1])
+    if a.get("transB", 0):  # W [K, C]
+        row = b.op("Gather", weight, chosen, axis=0)
+    else:  # W [C, K]
+        row = b.op("Transpose", b.op("Gather", weight, chosen, axis=1), perm=[1, 0])
+    alpha = float(a.get("alpha", 1.0))
+    return node, row if alpha == 1.0 else b.op("Mul", row, b.const(alpha))
 
 
 def _set_batch_dim(vi: onnx.ValueInfoProto) -> None:
@@ -238,8 +262,10 @@ def _score_quantisation(model: onnx.ModelProto, logits: str) -> str | None:
     return dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else None
 
 
-def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: str, seed: str) -> str:
-    """Emit the reverse pass from the view's score (seeded with ``seed``) to ``source``; return ∂/∂source."""
+def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: str, seed: str,
+              chosen: str | None = None) -> str:
+    """Emit the reverse pass from the view's score (seeded with ``seed``; OneHot(``chosen``) when that is given)
+    to ``source``; return ∂/∂source."""
     model, info, logits = view.model, view.info, view.score.tensor
     nodes, on_path = path_nodes(model, info, source, logits)
     view.probe([t for n in nodes for t in [*n.input, *n.output] if t])
@@ -250,7 +276,12 @@ def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: 
         raise UnsupportedOpError(f"no gradient rule for op {missing[0]} (node '{first.name}'){others}; pick a target "
                                  "layer after it or add a rule module in onnxcam/autodiff/rules/")
     grads: dict[str, list[str]] = defaultdict(list)
-    grads[logits].append(seed)
+    head = _class_row(model, info, b, views, logits, chosen) if chosen is not None and logits != source else None
+    if head is not None and head[0].input[0] in on_path:
+        grads[head[0].input[0]].append(head[1])
+        nodes = [n for n in nodes if n is not head[0]]
+    else:
+        grads[logits].append(seed)
     unclipped = _score_quantisation(model, logits)
     opset = opset_of(model)
     for node in reversed(nodes):

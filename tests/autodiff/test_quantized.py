@@ -77,10 +77,11 @@ def test_straight_through_equals_float_gradient_at_dequantised_values_and_zero_w
 
 
 def _small_cnn(tmp_path) -> tuple[str, np.ndarray]:
-    """conv-relu-conv-relu-GAP-gemm with seeded weights, and 8 calibration inputs."""
-    w1 = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.4
-    w2 = RNG.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2
-    wh = RNG.standard_normal((5, 16)).astype(np.float32)
+    """conv-relu-conv-relu-GAP-gemm with seeded weights, and 8 calibration inputs (the same every call)."""
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.4
+    w2 = rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2
+    wh = rng.standard_normal((5, 16)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
@@ -94,7 +95,7 @@ def _small_cnn(tmp_path) -> tuple[str, np.ndarray]:
     model = _graph(nodes, inits, ["N", 3, 16, 16], 5)
     path = str(tmp_path / "cnn.onnx")
     onnx.save(model, path)
-    return path, RNG.standard_normal((8, 3, 16, 16)).astype(np.float32)
+    return path, rng.standard_normal((8, 3, 16, 16)).astype(np.float32)
 
 
 class _Reader:
