@@ -214,12 +214,19 @@ def _seed(b: GraphBuilder, logits: str, num_classes: int, target: str, kind: str
 
 
 def _class_row(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, views: FloatViews, logits: str,
-               chosen: str) -> tuple[onnx.NodeProto, str] | None:
-    """A score made by a Gemm/MatMul with a constant weight W, seeded with OneHot(c): (that node, ∂score/∂its
-    input = α·W's row for c), a Gather of [N, C] values instead of a [N,K]×[K,C] product (the largest cost of the
-    backward pass on small models with 1000 classes). None for any other head."""
-    node = next((n for n in model.graph.node if logits in n.output), None)
-    value = info.constants.get(node.input[1]) if node is not None and len(node.input) > 1 else None
+               chosen: str) -> tuple[list[onnx.NodeProto], str, str] | None:
+    """A score made by a Gemm/MatMul with a constant weight W (float, or a QDQ file's dequantised weight, the
+    score's own Q→DQ pair passed straight through), seeded with OneHot(c): (the nodes that replaces, the Gemm's
+    input, ∂score/∂input = α·W's row for c). A Gather of [N, C] values instead of a [N,K]×[K,C] product, the
+    largest cost of the backward pass on small models with 1000 classes. None for any other head."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    skipped, tensor = [], logits
+    dq = made_by.get(tensor)
+    q = made_by.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if dq is not None and q is not None and q.op_type == "QuantizeLinear":
+        skipped, tensor = [dq, q], q.input[0]
+    node = made_by.get(tensor)
+    value = views.constant(node.input[1]) if node is not None and len(node.input) > 1 else None
     if node is None or node.op_type not in ("Gemm", "MatMul") or value is None:
         return None
     a = attributes(node)
@@ -232,7 +239,7 @@ def _class_row(model: onnx.ModelProto, info: TensorInfo, b: GraphBuilder, views:
     else:  # W [C, K]
         row = b.op("Transpose", b.op("Gather", weight, chosen, axis=1), perm=[1, 0])
     alpha = float(a.get("alpha", 1.0))
-    return node, row if alpha == 1.0 else b.op("Mul", row, b.const(alpha))
+    return [*skipped, node], node.input[0], row if alpha == 1.0 else b.op("Mul", row, b.const(alpha))
 
 
 def _set_batch_dim(vi: onnx.ValueInfoProto) -> None:
@@ -277,9 +284,9 @@ def _backward(view: ClassifierView, b: GraphBuilder, views: FloatViews, source: 
                                  "layer after it or add a rule module in onnxcam/autodiff/rules/")
     grads: dict[str, list[str]] = defaultdict(list)
     head = _class_row(model, info, b, views, logits, chosen) if chosen is not None and logits != source else None
-    if head is not None and head[0].input[0] in on_path:
-        grads[head[0].input[0]].append(head[1])
-        nodes = [n for n in nodes if n is not head[0]]
+    if head is not None and head[1] in on_path:
+        grads[head[1]].append(head[2])
+        nodes = [n for n in nodes if all(n is not replaced for replaced in head[0])]
     else:
         grads[logits].append(seed)
     unclipped = _score_quantisation(model, logits)

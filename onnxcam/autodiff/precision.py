@@ -65,6 +65,11 @@ class FloatViews:
             return name
         return self.b.memo((name, "float32"), lambda: self._make(name))
 
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it is a constant or a QDQ file's dequantised weight, else None."""
+        value = self.info.constants.get(name)
+        return value if value is not None else self._dequantised_weight(name)
+
     def _dequantised_weight(self, name: str) -> np.ndarray | None:
         """The value of a DequantizeLinear of constants (a QDQ file's weight), else None. The rules read it as a
         float32 constant of their own: a backward MatMul sharing the forward's DequantizeLinear lets OpenVINO's
