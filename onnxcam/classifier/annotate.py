@@ -23,10 +23,11 @@ from onnxcam.core.preprocessing import check_preprocessing
 def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_size: tuple[int, int] | None = None,
              input_layout: str | None = None, preprocessing: dict[str, Any] | None = None,
              labels: list[str] | None = None, layer: str | None = None, target: str | None = None,
-             ) -> dict[str, Any]:
+             provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write onnxcam metadata into a copy of ``model_path`` at ``output``; returns what was recorded.
 
-    ``preprocessing`` keys override the file's (or ImageNet's, when it carries none).
+    ``preprocessing`` keys override the file's (or ImageNet's, when it carries none); ``provenance`` entries
+    (None values skipped) are added to the file's provenance (e.g. the Hugging Face processor's resample filter).
     """
     src, dst = pathlib.Path(model_path), pathlib.Path(output)
     if not src.is_file():
@@ -66,6 +67,7 @@ def annotate(model_path: str | os.PathLike, output: str | os.PathLike, *, input_
         meta.target = target
     meta.provenance.setdefault("source_framework", model.producer_name or "onnx")
     meta.provenance["annotated_from"] = src.name
+    meta.provenance.update({k: v for k, v in (provenance or {}).items() if v is not None})
     write_metadata(model, meta)
     write_model(model, dst, externals=externals, source_folder=src.parent)
     return {"input_size": meta.input_size, "input_layout": meta.input_layout, "output_kind": meta.output_kind,

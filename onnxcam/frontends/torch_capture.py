@@ -89,8 +89,9 @@ def _replace_hidden(output: Any, where: Any, tensor: Any) -> Any:
     return replaced
 
 
-def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None) -> Any:
-    """A module returning ``(logits, *layer outputs)``; hooks hand downstream a clone (in-place safe).
+def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None, barrier: bool = False) -> Any:
+    """A module returning ``(logits, *layer outputs)``; hooks hand downstream a clone (in-place safe), with
+    ``barrier`` the clone plus zero (an op torch's exporter keeps, so that it cannot fuse the ops either side).
     ``logits`` is :func:`score_tensor` of the model's output, or with ``score_module`` (the model's final
     Softmax/Sigmoid) that module's input. A layer returning a tuple/list/dict is taken at its first tensor
     (:func:`_hidden_tensor`); downstream gets the same structure with the clone in that place."""
@@ -112,7 +113,7 @@ def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None) 
                         raise OnnxcamError(f"layer '{name}' returns {type(output).__name__} holding no tensor; pick "
                                            "a module that outputs the feature map (a tensor, or a tuple/dict with it)")
                     store[name].append(hidden)
-                    return _replace_hidden(output, where, hidden.clone())
+                    return _replace_hidden(output, where, hidden.clone() + 0.0 if barrier else hidden.clone())
 
                 return hook
 

@@ -12,7 +12,7 @@ import io
 import os
 import pathlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,27 +31,72 @@ from onnxcam.frontends.torch_parity import PARITY_TOLERANCE, check_parity
 DEFAULT_OPSET = 17
 DEFAULT_DYNAMO_OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
+#: Class scores below this are float32 underflow (the smallest normal float32 is 1.2e-38), not a model's scores.
+UNDERFLOW = 1e-30
 
 
 def _export(wrapped: Any, targets: list[str], input_shape: tuple[int, int, int], opset: int | None,
             exporter: str) -> onnx.ModelProto:
     """``wrapped`` (returning logits and the layers' outputs, named ``targets``) as ONNX, batch axis dynamic.
 
-    Not under ``torch.no_grad()``: with autograd off, ``nn.MultiheadAttention`` takes its fused fast path
-    (``aten::_native_multi_head_attention``), which the TorchScript exporter cannot export (torchvision's ViT).
-    A tensor that a model computes from its parameters and keeps (LeViT's attention-bias cache) is then refused
-    by torch's tracer as a constant that requires grad: that is a one-line error naming the fixes."""
+    Under ``torch.no_grad()`` (:func:`_exporting`), so that a tensor a model computes from its parameters in
+    its forward pass and keeps (LeViT's attention-bias cache) does not require grad. A cache filled with
+    gradients on by an earlier forward pass is refused by torch's tracer as a constant that requires grad: the
+    export is tried once more after ``model.train().eval()`` (LeViT drops its cache on a mode change), then that
+    is a one-line error naming the fixes."""
+    for attempt in range(2):
+        try:
+            with _exporting():
+                return _export_graph(wrapped, targets, input_shape, opset, exporter)
+        except Exception as exc:  # noqa: BLE001 - torch's exporters raise many types
+            ours = _onnxcam_cause(exc)
+            if ours is not None:  # raised inside the model's forward; the dynamo exporter wraps it
+                raise ours from None
+            if "Cannot insert a Tensor that requires grad as a constant" not in str(exc):
+                if exporter == "torchscript" and _in_torch_onnx(exc):
+                    raise OnnxcamError(f"torch's TorchScript exporter cannot export this model ({type(exc).__name__}: "
+                                       f"{_first_line(exc)}); use exporter='dynamo' (onnxcam export --exporter "
+                                       "dynamo)") from None
+                raise
+            if attempt == 0:
+                wrapped.train().eval()
+                continue
+    raise OnnxcamError("the model keeps a tensor computed from its parameters with gradients on (a cache filled "
+                       "by an earlier forward pass, e.g. LeViT's attention biases); reload the model, run earlier "
+                       "forward passes under torch.no_grad(), or use exporter='dynamo'")
+
+
+@contextlib.contextmanager
+def _exporting() -> Iterator[None]:
+    """``torch.no_grad()`` with ``nn.MultiheadAttention``'s fused fast path off (restored afterwards): with
+    autograd off that path runs ``aten::_native_multi_head_attention``, which the TorchScript exporter cannot
+    export (torchvision's ViT)."""
+    torch = require_torch()
+    mha = getattr(torch.backends, "mha", None)
+    fastpath = mha.get_fastpath_enabled() if mha is not None else None
     try:
-        return _export_graph(wrapped, targets, input_shape, opset, exporter)
-    except RuntimeError as exc:
-        ours = _onnxcam_cause(exc)
-        if ours is not None:  # raised inside the model's forward; the dynamo exporter wraps it
-            raise ours from None
-        if "Cannot insert a Tensor that requires grad as a constant" not in str(exc):
-            raise
-        raise OnnxcamError("the model keeps a tensor computed from its parameters with gradients on (a cache filled "
-                           "by an earlier forward pass, e.g. LeViT's attention biases); reload the model, run earlier "
-                           "forward passes under torch.no_grad(), or use exporter='dynamo'") from None
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        with torch.no_grad():
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(fastpath)
+
+
+def _in_torch_onnx(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside ``torch.onnx`` (its symbolic functions), not in the model."""
+    tb = exc.__traceback__
+    last = ""
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return type(exc).__module__.startswith("torch.onnx") or f"{os.sep}torch{os.sep}onnx{os.sep}" in last
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _onnxcam_cause(exc: BaseException | None) -> OnnxcamError | None:
@@ -121,18 +166,28 @@ def export_torch(
         raise OnnxcamError(f"unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}")
     layer_names = layer_names_of(target_layer)
     targets = [f"onnxcam_target_{i}" for i in range(len(layer_names))]
-    exported = _export(capturing(model, layer_names), targets, input_shape, opset, exporter)
-    exported.producer_name = "pytorch"
-    exported.producer_version = torch.__version__
-    write_metadata(exported, CamMetadata(
+    metadata = CamMetadata(
         input_size=list(input_shape),
         preprocessing=dict(preprocessing or IMAGENET_PREPROCESSING),
         labels=list(labels) if labels is not None else None,
         provenance={"exporter": f"onnxcam {__version__}", "source_framework": f"pytorch {torch.__version__}",
                     "torch_exporter": exporter, "model_class": type(model).__name__},
-    ))
-    result = add_gradients(exported, activations=targets, logits="logits", target=target,
-                           layer_names=layer_names, layouts=layouts)
+    )
+    for barrier in (False, True):
+        exported = _export(capturing(model, layer_names, barrier=barrier), targets, input_shape, opset, exporter)
+        exported.producer_name = "pytorch"
+        exported.producer_version = torch.__version__
+        write_metadata(exported, metadata)
+        try:
+            result = add_gradients(exported, activations=targets, logits="logits", target=target,
+                                   layer_names=layer_names, layouts=layouts)
+            break
+        except OnnxcamError as exc:
+            # torch's exporter fuses a Transpose before the layer's output with one after it (SegFormer's encoder
+            # output, permuted back by the head), so the logits no longer read the layer: export again with the
+            # layer's output kept apart (an added zero)
+            if barrier or "does not reach the logits" not in str(exc):
+                raise
     if cams:
         result = embed_cams(result, list(cams), overlay=overlay)
     num_classes = result.graph.output[0].type.tensor_type.shape.dim[1].dim_value
@@ -141,6 +196,11 @@ def export_torch(
     rng = np.random.default_rng(0)
     probes = [rng.standard_normal((2, *input_shape)).astype(np.float32) for _ in range(2)]
     parity = check_parity(model, result, layer_names, probes, target)
+    if parity.error > PARITY_TOLERANCE and parity.scale < UNDERFLOW:
+        raise OnnxcamError(f"gradient check impossible: the model's class scores are {parity.scale:.1e}, below "
+                           "float32's normal range (random weights from a small initialisation, e.g. Hugging Face's "
+                           "default std 0.02, shrink the activations to subnormal numbers that torch and ONNX "
+                           "Runtime round differently); load trained weights; nothing was written")
     if parity.error > PARITY_TOLERANCE:
         raise OnnxcamError(f"gradient check failed: ONNX Runtime differs from torch.autograd by a relative error "
                            f"of {parity.error:.2e} (> {PARITY_TOLERANCE:g}); nothing was written")
