@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxcam.core.contract import ADAPTER
-from onnxcam.core.graph_queries import attributes, image_dependents, producers
+from onnxcam.core.graph_queries import ancestors, attributes, image_dependents, producers
 from onnxcam.core.tensor_info import FLOAT_TYPES, Shape, TensorInfo
 
 #: The rule in one line (docs); each view says which case applied (:attr:`Default.reason`).
@@ -102,17 +102,7 @@ def feeding(model: onnx.ModelProto, score: str) -> set[str]:
 
 def value_ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
     """``name`` and the tensors it is computed from, not looking through :data:`SHAPE_ONLY` ops' inputs."""
-    made_by = producers(graph)
-    seen, stack = set(), [name]
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = made_by.get(t)
-        if node is not None and node.op_type not in SHAPE_ONLY:
-            stack.extend(i for i in node.input if i)
-    return seen
+    return ancestors(graph, name, not_through=SHAPE_ONLY)
 
 
 def is_map_type(info: TensorInfo, name: str) -> bool | None:

@@ -3,6 +3,8 @@ small edits the contract needs (renaming a tensor everywhere, cutting out the he
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import onnx
 from onnx import helper
 
@@ -50,7 +52,8 @@ def image_dependents(graph: onnx.GraphProto) -> set[str]:
     return dep
 
 
-def ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
+def ancestors(graph: onnx.GraphProto, name: str, not_through: Collection[str] = ()) -> set[str]:
+    """``name`` and the tensors it is computed from, not looking through the inputs of ``not_through`` ops."""
     made_by = producers(graph)
     seen, stack = set(), [name]
     while stack:
@@ -58,8 +61,9 @@ def ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
         if t in seen:
             continue
         seen.add(t)
-        if t in made_by:
-            stack.extend(i for i in made_by[t].input if i)
+        node = made_by.get(t)
+        if node is not None and node.op_type not in not_through:
+            stack.extend(i for i in node.input if i)
     return seen
 
 
