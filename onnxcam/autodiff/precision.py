@@ -27,8 +27,6 @@ QUANTIZED = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UIN
 #: Ops whose float16 output the backward pass reads from an equivalent op of another type (:meth:`FloatViews._tap`;
 #: the same op would be merged with the original by ONNX Runtime's common-subexpression elimination).
 TAPS = {"Relu", "Clip", "Add", "Mul"}
-#: Ops whose (integer) outputs are quantized values of their float inputs, or integer arithmetic on them.
-QUANTIZING_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
 #: Where each QOperator op that makes a quantized output keeps that output's scale and zero point.
 OUTPUT_PARAMS: dict[str, tuple[int, int]] = {
     "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7), "QGemm": (7, 8),
@@ -54,6 +52,7 @@ class FloatViews:
         self.b, self.info = b, info
         self._made_by = {o: n for n in graph.node for o in n.output} if graph is not None else {}
         self._requantised = _requantised(graph) if graph is not None else {}
+        self._weights: dict[str, np.ndarray | None] = {}
 
     def __call__(self, name: str) -> str:
         t = self.info.types.get(name)
@@ -71,10 +70,15 @@ class FloatViews:
         return value if value is not None else self._dequantised_weight(name)
 
     def _dequantised_weight(self, name: str) -> np.ndarray | None:
-        """The value of a DequantizeLinear of constants (a QDQ file's weight), else None. The rules read it as a
-        float32 constant of their own: a backward MatMul sharing the forward's DequantizeLinear lets OpenVINO's
-        int8 transformations rewrite it (a per-channel one crashed its CPU plugin with a floating-point
-        exception)."""
+        """The value of a DequantizeLinear of constants (a QDQ file's weight), else None, computed once. The rules
+        read it as a float32 constant of their own: a backward MatMul sharing the forward's DequantizeLinear lets
+        OpenVINO's int8 transformations rewrite it (a per-channel one crashed its CPU plugin with a
+        floating-point exception)."""
+        if name not in self._weights:
+            self._weights[name] = self._dequantise(name)
+        return self._weights[name]
+
+    def _dequantise(self, name: str) -> np.ndarray | None:
         node = self._made_by.get(name)
         if node is None or node.op_type != "DequantizeLinear" or node.output[0] != name:
             return None
