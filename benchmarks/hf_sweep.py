@@ -282,13 +282,13 @@ def matching_tensor(model: Any, x: np.ndarray, activations: np.ndarray, tensor: 
     whose name is the longest prefix of ``tensor``'s scope, then the deepest."""
     import torch
 
-    from onnxcam.frontends.torch_capture import _hidden_tensor
+    from onnxcam.frontends.torch_capture import hidden_tensor
     from onnxcam.frontends.torch_parity import relative_error
 
     found: list[tuple[str, str]] = []
 
     def hook(name: str, kind: str, value: Any) -> None:
-        hidden, _ = _hidden_tensor(value)
+        hidden, _ = hidden_tensor(value)
         if (hidden is not None and tuple(hidden.shape) == activations.shape
                 and relative_error(hidden.detach().double().numpy(), activations) <= TOLERANCE):
             found.append((name, kind))
@@ -316,7 +316,7 @@ def torch_reference(model: Any, where: tuple[str, str], x: np.ndarray, class_ind
     image run as two copies: torch's batch-1 gradients are wrong on some models, see torch_parity)."""
     import torch
 
-    from onnxcam.frontends.torch_capture import _hidden_tensor, _replace_hidden, score_tensor
+    from onnxcam.frontends.torch_capture import hidden_tensor, replace_hidden, score_tensor
 
     single = len(x) == 1
     if single:
@@ -326,10 +326,10 @@ def torch_reference(model: Any, where: tuple[str, str], x: np.ndarray, class_ind
     kept: list[Any] = []
 
     def swap(value: Any) -> Any:
-        hidden, at = _hidden_tensor(value)
+        hidden, at = hidden_tensor(value)
         clone = hidden.clone()
         kept.append(clone)
-        return _replace_hidden(value, at, clone)
+        return replace_hidden(value, at, clone)
 
     handle = (module.register_forward_hook(lambda m, i, o: swap(o)) if kind == "output"
               else module.register_forward_pre_hook(lambda m, i: swap(i)))

@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "onnxcam"
 #: Engines a module may import inside the function that needs them: optional, heavy, or absent where the
 #: runtime runs (ONNX Runtime is an extra: its import gives a one-line install hint).
-LAZY_ALLOWED = {"torch", "torchvision", "pytorch_grad_cam", "tensorflow", "openvino", "ray", "onnxruntime"}
+LAZY_ALLOWED = {"torch", "torchvision", "pytorch_grad_cam", "tensorflow", "openvino", "ray", "onnxruntime",
+                "transformers"}
 
 
 def sources() -> list[pathlib.Path]:

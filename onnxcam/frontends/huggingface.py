@@ -23,7 +23,8 @@ from typing import Any
 
 from onnxcam.classifier.hf_preprocessor import read_hf_preprocessor
 from onnxcam.core.errors import OnnxcamError
-from onnxcam.frontends.torch_capture import _hidden_tensor, require_torch, score_tensor
+from onnxcam.frontends.torch_capture import hidden_tensor, require_torch, score_tensor
+from onnxcam.frontends.torch_export import export_torch
 
 #: Children of a base model that are the final norm, pooling or dropout (never the default target), by name.
 _HEAD_NAMES = ("norm", "layernorm", "layer_norm", "fc_norm", "final_layernorm", "pooler", "pool", "dropout")
@@ -119,7 +120,7 @@ def default_stage(model: Any, input_shape: tuple[int, int, int]) -> str:
 
     def hook_for(name: str) -> Any:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
-            hidden, _where = _hidden_tensor(output)
+            hidden, _where = hidden_tensor(output)
             if hidden is not None and hidden.requires_grad and name not in outputs:
                 outputs[name] = hidden
                 order.append(name)
@@ -196,8 +197,6 @@ def export_hf(folder: str | os.PathLike, output: str | os.PathLike, *, layer: st
               input_size: int | None = None, **options: Any) -> tuple[pathlib.Path, str]:
     """Export the classifier in ``folder`` with :func:`export_torch` at ``layer`` (default
     :func:`default_stage`), the folder's preprocessing and labels; returns the file's path and the layer."""
-    from onnxcam.frontends.torch_export import export_torch
-
     loaded = load_hf_classifier(folder, input_size)
     target = layer or default_stage(loaded.model, loaded.input_shape)
     options.setdefault("preprocessing", loaded.preprocessing)

@@ -3,7 +3,7 @@ final Softmax/Sigmoid module: what the exporter and the parity harness both need
 functions only.
 
 Models and layers need not return a bare tensor: a model's class scores are found by :func:`score_tensor`
-(tuple/list, dict, Hugging Face ``ModelOutput``), a target layer's output by :func:`_hidden_tensor` (the first
+(tuple/list, dict, Hugging Face ``ModelOutput``), a target layer's output by :func:`hidden_tensor` (the first
 tensor of a tuple/list/dict, e.g. the hidden state of a Swin stage's ``(hidden, attention)``)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _scores_in(output: Any, torch: Any) -> Any:
     return found if isinstance(found, torch.Tensor) else None
 
 
-def _hidden_tensor(output: Any) -> tuple[Any, Any]:
+def hidden_tensor(output: Any) -> tuple[Any, Any]:
     """A layer's ``output`` as ``(its first tensor, where)``: ``where`` is None for a tensor, the index in a
     tuple/list, the key in a dict (Hugging Face ``ModelOutput`` included); ``(None, None)`` when it holds none."""
     torch = require_torch()
@@ -74,8 +74,8 @@ def _hidden_tensor(output: Any) -> tuple[Any, Any]:
     return next(((v, where) for where, v in items if isinstance(v, torch.Tensor)), (None, None))
 
 
-def _replace_hidden(output: Any, where: Any, tensor: Any) -> Any:
-    """``output`` with its entry ``where`` (from :func:`_hidden_tensor`) replaced by ``tensor``; the rest of the
+def replace_hidden(output: Any, where: Any, tensor: Any) -> Any:
+    """``output`` with its entry ``where`` (from :func:`hidden_tensor`) replaced by ``tensor``; the rest of the
     structure, and its type, kept (a tuple or list is rebuilt, a dict shallow-copied)."""
     if where is None:
         return tensor
@@ -94,7 +94,7 @@ def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None, 
     ``barrier`` the clone plus zero (an op torch's exporter keeps, so that it cannot fuse the ops either side).
     ``logits`` is :func:`score_tensor` of the model's output, or with ``score_module`` (the model's final
     Softmax/Sigmoid) that module's input. A layer returning a tuple/list/dict is taken at its first tensor
-    (:func:`_hidden_tensor`); downstream gets the same structure with the clone in that place."""
+    (:func:`hidden_tensor`); downstream gets the same structure with the clone in that place."""
     torch = require_torch()
     layers = [module_of(model, name) for name in layer_names]
 
@@ -108,12 +108,12 @@ def capturing(model: Any, layer_names: Sequence[str], score_module: Any = None, 
 
             def hook_for(name: str) -> Any:
                 def hook(_module: Any, _inputs: Any, output: Any) -> Any:
-                    hidden, where = _hidden_tensor(output)
+                    hidden, where = hidden_tensor(output)
                     if hidden is None:
                         raise OnnxcamError(f"layer '{name}' returns {type(output).__name__} holding no tensor; pick "
                                            "a module that outputs the feature map (a tensor, or a tuple/dict with it)")
                     store[name].append(hidden)
-                    return _replace_hidden(output, where, hidden.clone() + 0.0 if barrier else hidden.clone())
+                    return replace_hidden(output, where, hidden.clone() + 0.0 if barrier else hidden.clone())
 
                 return hook
 

@@ -164,7 +164,14 @@ def test_paths_make_distinct_keys(tmp_path):
 def _start(images: pathlib.Path, out: pathlib.Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "onnxcam.cli", "explain", str(SHAPES_MODEL), str(images), "-o",
                              str(out), "--method", "gradcam", "--format", "overlay,npy,png16", "--batch-size", "1",
-                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """The child's Ctrl-C as a terminal's: a shell that starts the tests in the background (``cmd &``) passes
+    SIGINT on as ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _lines(path: pathlib.Path) -> int:

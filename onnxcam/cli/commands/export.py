@@ -11,6 +11,7 @@ import click
 from onnxcam.classifier.labels import read_labels
 from onnxcam.cli.options import factory_model, method_list
 from onnxcam.core.errors import OnnxcamError
+from onnxcam.frontends.huggingface import default_stage, load_hf_classifier
 from onnxcam.frontends.torch_capture import require_torch
 from onnxcam.frontends.torch_export import export_torch
 
@@ -59,8 +60,6 @@ def command(tv_name: str | None, factory: str | None, hf_folder: str | None, wei
 def _export_hf(folder: str, output: str, layer: str | None, input_size: int | None, weights: str | None,
                labels: list[str] | None, opset: int | None, exporter: str, methods: list[str], overlay: bool) -> None:
     """``--hf``: the folder's classifier at ``layer`` or its last stage, its preprocessing and labels."""
-    from onnxcam.frontends.huggingface import default_stage, load_hf_classifier
-
     loaded = load_hf_classifier(folder, input_size)
     if weights:
         _load_weights(loaded.model, weights)
