@@ -25,7 +25,6 @@ nn = torch.nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("USE_TF", "0")  # transformers: no TensorFlow import
 
-SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "cache" / "efficientnet_lite0.onnx"
 ATTENTION_WORDS = ("attn", "attention", "Softmax")
 
 
@@ -90,9 +89,10 @@ def _cnn_pool_input(view: ClassifierView, pool_ops: tuple[str, ...]) -> str:
     return node.input[0]
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="sample EfficientNet-Lite0 not built")
-def test_efficientnet_lite0_default_enters_global_average_pool():
-    view = open_classifier(onnx.load(SAMPLE))
+def test_efficientnet_lite0_default_enters_global_average_pool(efficientnet):
+    from onnxcam.core.contract import strip_gradients
+
+    view = open_classifier(strip_gradients(onnx.load(efficientnet[1])))
     assert view.default_layer == _cnn_pool_input(view, ("GlobalAveragePool",))
     assert view.info.shape(view.default_layer) == (None, 1280, 7, 7)
     assert view.default_reason == "enters GlobalAveragePool"
