@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxcam.autodiff.precision import FloatViews, carries_quantized, quant_params
+from onnxcam.autodiff.precision import FloatViews, carries_quantized, dequantised, quant_params
 from onnxcam.autodiff.rules import RULES, VJP, carries_gradient, reads_quantized
 from onnxcam.classifier.view import ClassifierView, open_classifier
 from onnxcam.core.contract import TARGETS, target_output_names
@@ -170,9 +170,8 @@ def _float_target(view: ClassifierView, b: GraphBuilder, views: FloatViews, targ
     if params is None:
         raise OnnxcamError(f"layer '{target}' is quantized and onnxcam cannot find its scale; pick the float "
                            "layer that a DequantizeLinear makes from it")
-    scale, zero = (views(p) if p else p for p in params)
-    value = b.op("Mul", b.op("Sub", views(target), zero) if zero else views(target), scale)
-    return value, b.op("Div", grad, scale)
+    scale, zero = params
+    return dequantised(b, views, target, scale, zero), b.op("Div", grad, views(scale))
 
 
 def _used(b: GraphBuilder, outputs: list[onnx.NodeProto]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
